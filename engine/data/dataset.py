@@ -1,0 +1,266 @@
+"""Reading a prepared dataset (ours or NVIDIA's; an uncompressed zip or a folder) for training.
+
+Same rules as NVIDIA's reader, so the same dataset gives the same indices, subset and labels here and there:
+every image file (sorted names) is one sample; dataset.json's "labels" are integers (-> one-hot, one column per
+class) or float vectors; a subset (max_size) is a seeded shuffle of indices, kept in sorted order; x-flip mirroring
+appends a mirrored copy of every sample, doubling the length.
+
+Works with torch's DataLoader and its worker processes: a zip is opened lazily, once per process, and never
+pickled with the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.errors import UserError
+
+_IMAGE_EXTS = None
+
+
+def image_extensions() -> set[str]:
+    """Every file extension Pillow can read ('.png', '.jpg', ...), as NVIDIA's reader decides what is an image."""
+    global _IMAGE_EXTS
+    if _IMAGE_EXTS is None:
+        Image.init()
+        _IMAGE_EXTS = {ext.lower() for ext in Image.registered_extensions()}
+    return _IMAGE_EXTS
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+class ImageDataset:
+    """A prepared dataset: `ds[i]` -> (image uint8 [C, H, W], label float32 [label_dim]).
+
+    path: a .zip or a folder. resolution: if given, the dataset must have it (else UserError).
+    use_labels: read dataset.json's labels (otherwise label_dim is 0). max_size: keep at most this many samples,
+    chosen by a shuffle seeded with random_seed. xflip: append a mirrored copy of every sample.
+    """
+
+    def __init__(self, path, resolution=None, use_labels=False, max_size=None, xflip=False, random_seed=0):
+        self.path = str(path)
+        p = Path(path)
+        self._zip = None
+        self._zip_pid = None
+        if not p.exists():
+            raise UserError(f"dataset {self.path!r} does not exist; prepare one with: python -m engine prepare --source ... --dest {self.path}")
+        if p.is_dir():
+            self._type = "dir"
+            names = [
+                os.path.relpath(os.path.join(root, f), p).replace(os.sep, "/")
+                for root, _dirs, files in os.walk(p)
+                for f in files
+            ]
+        elif zipfile.is_zipfile(p):
+            self._type = "zip"
+            try:
+                names = self._zipfile().namelist()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise UserError(f"dataset {self.path!r} is a damaged zip ({e}); prepare it again") from None
+        else:
+            raise UserError(f"dataset {self.path!r} is neither a folder nor a zip file")
+        self._all_names = set(names)
+        self._image_fnames = sorted(n for n in names if is_image_name(n) and not n.startswith("__MACOSX/"))
+        if not self._image_fnames:
+            raise UserError(f"dataset {self.path!r} holds no image files")
+        self.name = p.stem if self._type == "zip" else p.name
+
+        first = self._read_pil(self._image_fnames[0])
+        channels = 1 if first.mode in ("1", "L", "I", "F") or first.mode.startswith("I;16") else 3
+        w, h = first.size
+        self._raw_shape = [len(self._image_fnames), channels, h, w]
+        if w != h:
+            raise UserError(f"dataset {self.path!r} has {w}x{h} images; training needs square images (prepare it again)")
+        if w < 4 or w & (w - 1):
+            raise UserError(f"dataset {self.path!r} has {w}x{w} images; training needs a power of two (prepare it again)")
+        if resolution is not None and resolution != w:
+            raise UserError(f"dataset {self.path!r} is {w}x{w} but resolution {resolution} was asked for")
+
+        self.class_names = None
+        self.label_kind = None
+        self._raw_labels = self._load_labels() if use_labels else None
+        if self._raw_labels is None:
+            self._raw_labels = np.zeros([len(self._image_fnames), 0], dtype=np.float32)
+        self._label_dim = self._raw_labels.shape[1] if self._raw_labels.ndim == 2 else self._onehot_dim
+
+        n = len(self._image_fnames)
+        self._raw_idx = np.arange(n, dtype=np.int64)
+        if max_size is not None and n > max_size:
+            np.random.RandomState(random_seed).shuffle(self._raw_idx)
+            self._raw_idx = np.sort(self._raw_idx[:max_size])
+        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
+        if xflip:
+            self._raw_idx = np.tile(self._raw_idx, 2)
+            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+
+    # -- files ---------------------------------------------------------------------------------------------------
+
+    def _zipfile(self) -> zipfile.ZipFile:
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def _open(self, name: str):
+        if self._type == "dir":
+            return open(os.path.join(self.path, name), "rb")
+        return self._zipfile().open(name, "r")
+
+    def _read_pil(self, name: str) -> Image.Image:
+        try:
+            with self._open(name) as f:
+                im = Image.open(f)
+                im.load()
+                return im
+        except (OSError, SyntaxError, ValueError, KeyError) as e:
+            raise UserError(f"dataset {self.path!r}: cannot read {name} ({e}); prepare the dataset again") from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            try:
+                self._zip.close()
+            finally:
+                self._zip = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_zip"] = None  # each DataLoader worker opens its own
+        state["_zip_pid"] = None
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- labels --------------------------------------------------------------------------------------------------
+
+    def _load_labels(self):
+        if "dataset.json" not in self._all_names:
+            return None
+        try:
+            with self._open("dataset.json") as f:
+                doc = json.load(f)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"dataset {self.path!r}: dataset.json is not valid JSON ({e})") from None
+        if not isinstance(doc, dict):
+            raise UserError(f"dataset {self.path!r}: dataset.json must hold an object with 'labels'")
+        raw = doc.get("labels")
+        if raw is None:
+            return None
+        try:
+            table = {str(k).replace("\\", "/"): v for k, v in raw}
+        except (TypeError, ValueError):
+            raise UserError(f"dataset {self.path!r}: dataset.json 'labels' must be a list of [file name, label]") from None
+        missing = [n for n in self._image_fnames if n not in table]
+        if missing:
+            raise UserError(f"dataset {self.path!r}: dataset.json has no label for {missing[0]} (and {len(missing) - 1} more)")
+        values = [table[n] for n in self._image_fnames]
+        names = doc.get("class_names")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            ints = np.asarray(values, dtype=np.int64)
+            if ints.min(initial=0) < 0:
+                raise UserError(f"dataset {self.path!r}: dataset.json holds a negative class label")
+            dim = int(ints.max(initial=-1)) + 1
+            if isinstance(names, list) and len(names) >= dim:
+                self.class_names = [str(c) for c in names]
+                dim = len(names)
+            self.label_kind = "int"
+            self._onehot_dim = dim
+            return ints
+        try:
+            floats = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise UserError(f"dataset {self.path!r}: labels must all be integers or all be equal-length number lists") from None
+        if floats.ndim != 2:
+            raise UserError(f"dataset {self.path!r}: labels must all be integers or all be equal-length number lists")
+        self.label_kind = "float"
+        return floats
+
+    def raw_int_labels(self) -> np.ndarray:
+        """Integer class of every image file (all of them, before subset and x-flip) -> int64 [N]."""
+        if self.label_kind != "int":
+            raise ValueError("this dataset has no integer class labels")
+        return self._raw_labels.copy()
+
+    def get_label(self, idx: int) -> np.ndarray:
+        """Label of sample idx -> float32 [label_dim] (one-hot for class labels)."""
+        raw = self._raw_labels[self._raw_idx[idx]]
+        if self._raw_labels.ndim == 1:
+            onehot = np.zeros(self._label_dim, dtype=np.float32)
+            onehot[raw] = 1
+            return onehot
+        return raw.astype(np.float32, copy=True)
+
+    # -- samples -------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._raw_idx.size)
+
+    def __getitem__(self, idx: int):
+        image = self._load_raw_image(int(self._raw_idx[idx]))
+        if self._xflip[idx]:
+            image = image[:, :, ::-1]
+        return np.ascontiguousarray(image), self.get_label(idx)
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        """-> uint8 [C, H, W]."""
+        name = self._image_fnames[raw_idx]
+        im = self._read_pil(name)
+        want = "L" if self.num_channels == 1 else "RGB"
+        if im.mode != want:
+            from engine.data.imaging import to_channels
+
+            im = to_channels(im, self.num_channels)
+        arr = np.asarray(im)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = arr.transpose(2, 0, 1)
+        if list(arr.shape) != self._raw_shape[1:]:
+            raise UserError(
+                f"dataset {self.path!r}: {name} is {arr.shape[2]}x{arr.shape[1]}, the others "
+                f"{self._raw_shape[3]}x{self._raw_shape[2]}; prepare the dataset again"
+            )
+        return arr
+
+    # -- facts ---------------------------------------------------------------------------------------------------
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self) -> int:
+        return self._raw_shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self._raw_shape[2]
+
+    @property
+    def label_shape(self) -> list[int]:
+        return [self._label_dim]
+
+    @property
+    def label_dim(self) -> int:
+        return self._label_dim
+
+    @property
+    def has_labels(self) -> bool:
+        return self._label_dim != 0
+
+    @property
+    def has_onehot_labels(self) -> bool:
+        return self.label_kind == "int" and self._label_dim != 0
+
+    def __repr__(self) -> str:
+        return f"ImageDataset({self.path!r}, {len(self)} samples, shape {self.image_shape}, label_dim {self.label_dim})"
