@@ -1,0 +1,408 @@
+"""Reading NVIDIA's network pickles without running anything they embed.
+
+NVIDIA's snapshot pickles carry the Python source of their networks and rebuild each network by executing that
+source. A pickle can ask the loader to call any importable function, so a plain `pickle.load` of a downloaded file
+is arbitrary code execution. This module unpickles through an allow-list instead: the few globals that real
+network files use are mapped to inert stand-ins or to side-effect-free rebuild functions, and every other global
+is refused before anything is called.
+
+What comes out:
+    PersistentObject  - one of NVIDIA's persistent networks (class_name + the module's __dict__ as `state`)
+    ModuleStandIn     - a plain torch.nn module inside such a network (class name + state)
+    TFNetwork         - a dnnlib.tflib Network of the TensorFlow era (static kwargs, components, variables)
+    torch tensors, numpy arrays, dicts, lists and plain values
+"""
+
+import _compat_pickle
+import collections
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class UnsafeGlobalError(pickle.UnpicklingError):
+    """The pickle asked for a global outside the allow-list; `name` is 'module.qualname'."""
+
+    def __init__(self, name):
+        super().__init__(f"refused global {name}")
+        self.name = name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stand-ins
+
+
+class PersistentObject:
+    """An object NVIDIA's `torch_utils.persistence` pickled together with its source code.
+
+    Only the data is kept: `class_name`, `version` and `state` (the module's `__dict__`). `module_src` is stored as
+    text so that callers can recognise the architecture; it is never compiled or executed.
+    """
+
+    def __init__(self, meta):
+        if not isinstance(meta, dict):
+            raise pickle.UnpicklingError("persistent object without a metadata dict")
+        if meta.get("type", "class") != "class":
+            raise pickle.UnpicklingError(f"unsupported persistent object type {meta.get('type')!r}")
+        self.class_name = str(meta.get("class_name", ""))
+        self.version = meta.get("version")
+        self.module_src = meta.get("module_src") if isinstance(meta.get("module_src"), str) else ""
+        state = meta.get("state")
+        self.state = dict(state) if isinstance(state, dict) else {}
+
+    def __repr__(self):
+        return f"<PersistentObject {self.class_name}>"
+
+
+class ModuleStandIn:
+    """A plain torch.nn module (e.g. ModuleList) nested in a network; its class is never instantiated."""
+
+    class_name = "Module"
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            merged = dict(state[0] or {})
+            merged.update(state[1])
+            state = merged
+        self.state = dict(state) if isinstance(state, dict) else {}
+
+    def __repr__(self):
+        return f"<ModuleStandIn {self.class_name}>"
+
+
+def _module_stand_in(name):
+    return type(name, (ModuleStandIn,), {"class_name": name})
+
+
+class TFNetwork:
+    """A `dnnlib.tflib.network.Network` of the TensorFlow era: only its recorded state is kept.
+
+    The state holds `build_module_src` (TensorFlow code, never run), `static_kwargs`, `components` and `variables`
+    ([(name, np.ndarray)]).
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("TensorFlow network without a state dict")
+        self.state = dict(state)
+
+    @property
+    def name(self):
+        return str(self.state.get("name", ""))
+
+    @property
+    def static_kwargs(self):
+        return dict(self.state.get("static_kwargs") or {})
+
+    @property
+    def components(self):
+        comps = self.state.get("components") or {}
+        return dict(comps)
+
+    @property
+    def build_func_name(self):
+        return str(self.state.get("build_func_name", ""))
+
+    @property
+    def variables(self):
+        return list(self.state.get("variables") or [])
+
+    def all_variables(self):
+        """{name: np.ndarray} of this network and its components, component names prefixed with 'name/'."""
+        out = {}
+
+        def visit(prefix, net):
+            for name, value in net.variables:
+                out[prefix + str(name)] = np.asarray(value)
+            for comp_name, comp in net.components.items():
+                if isinstance(comp, TFNetwork):
+                    visit(prefix + str(comp_name) + "/", comp)
+
+        visit("", self)
+        return out
+
+    def __repr__(self):
+        return f"<TFNetwork {self.name}>"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Side-effect-free replacements for the callables real files use
+
+
+def _reconstruct_persistent_obj(meta):
+    return PersistentObject(meta)
+
+
+def _load_from_bytes(b):
+    if not isinstance(b, (bytes, bytearray)):
+        raise pickle.UnpicklingError("storage payload is not bytes")
+    # The payload is itself a torch.save archive; torch's weights-only loader keeps the restriction intact.
+    storage = torch.load(io.BytesIO(bytes(b)), weights_only=True, map_location="cpu")
+    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
+        raise pickle.UnpicklingError("storage payload did not hold a storage")
+    return storage
+
+
+def _check_storage(storage):
+    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
+        raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
+
+
+def _ints(values):
+    return tuple(int(v) for v in values)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    _check_storage(storage)
+    return torch._utils._rebuild_tensor_v2(
+        storage, int(storage_offset), _ints(size), _ints(stride), bool(requires_grad), collections.OrderedDict()
+    )
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    _check_storage(storage)
+    return torch._utils._rebuild_tensor(storage, int(storage_offset), _ints(size), _ints(stride))
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks=None):
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError("parameter rebuilt from something that is not a tensor")
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks=None, state=None):
+    # Extra Python attributes on a parameter are not needed to run the network.
+    return _rebuild_parameter(data, requires_grad)
+
+
+def _numpy_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("only plain numpy arrays are accepted")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _numpy_frombuffer(buf, dtype, shape, order):
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("only numeric numpy scalars are accepted")
+    return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
+
+
+def _copyreg_reconstructor(cls, base, state):
+    # Protocol 0/1 files rebuild instances this way; only our stand-ins may be created.
+    if not (isinstance(cls, type) and issubclass(cls, (TFNetwork, ModuleStandIn))) or base is not object:
+        raise UnsafeGlobalError("copyreg._reconstructor")
+    return cls.__new__(cls)
+
+
+def _codecs_encode(obj, encoding="utf-8", errors="strict"):
+    # Protocol 2 writes bytes as latin-1 text; no other codec has a business in a network file.
+    if str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise UnsafeGlobalError(f"_codecs.encode({encoding!r})")
+    return str(obj).encode("latin-1")
+
+
+_NUMPY_SCALAR = {"scalar": _numpy_scalar, "_reconstruct": _numpy_reconstruct}
+
+_ALLOWED = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("dnnlib.util", "EasyDict"): dict,
+    ("dnnlib", "EasyDict"): dict,
+    ("dnnlib.tflib.network", "Network"): TFNetwork,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+    ("torch", "Size"): torch.Size,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
+    ("_codecs", "encode"): _codecs_encode,
+    ("builtins", "object"): object,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+}
+
+
+def resolve_global(module, name):
+    """The object a pickle may use for global `module.name`, or raise UnsafeGlobalError."""
+    module = str(module)
+    name = str(name)
+    # Python 2 era names (protocol < 3, as torch.save writes them), mapped as pickle itself would.
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    key = (module, name)
+    if key in _ALLOWED:
+        return _ALLOWED[key]
+    if module == "torch" and "." not in name:
+        value = getattr(torch, name, None)
+        if isinstance(value, torch.dtype):
+            return value
+        if name.endswith("Storage") and hasattr(torch.serialization, "StorageType"):
+            try:
+                return torch.serialization.StorageType(name)
+            except (KeyError, AttributeError):
+                pass
+    if module.startswith("torch.nn.modules.") and name.isidentifier() and name[:1].isupper() and "." not in name:
+        return _module_stand_in(name)
+    raise UnsafeGlobalError(f"{module}.{name}")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves globals only through the allow-list above."""
+
+    # No persistent_load here: a plain pickle with persistent ids is refused by pickle itself, and torch.load
+    # assigns its own for its archive formats.
+
+    def find_class(self, module, name):
+        return resolve_global(module, name)
+
+
+class _RestrictedPickleModule:
+    """The `pickle_module` torch.load expects, for torch.save archives that hold NVIDIA objects."""
+
+    Unpickler = RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(f, **kwargs):
+        return RestrictedUnpickler(f, **kwargs).load()
+
+
+def _torch_load_restricted(path):
+    # torch supplies persistent_load for its archive formats (zip and the legacy one with torch.FloatStorage
+    # ids); every global still goes through RestrictedUnpickler.find_class.
+    return torch.load(path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False)
+
+
+def read_pickle(path):
+    """Unpickle `path` through the allow-list -> the top object.
+
+    Plain pickles (NVIDIA's .pkl) are read directly; torch.save archives (zip or legacy) go through torch.load with
+    the same restriction. Raises UnsafeGlobalError for a disallowed global and the usual pickle/IO errors for a
+    damaged file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+        return _torch_load_restricted(path)
+    with open(path, "rb") as f:
+        obj = RestrictedUnpickler(f).load()
+    if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
+        return _torch_load_restricted(path)
+    return obj
+
+
+def refuse_message(path, name):
+    return (
+        f"refusing to load {path}: the file asks to run the Python global '{name}', which has no place in a "
+        "network file (nothing in it was run)"
+    )
+
+
+def read_pickle_or_user_error(path):
+    """read_pickle with every failure turned into one UserError line naming the file."""
+    try:
+        return read_pickle(path)
+    except UnsafeGlobalError as e:
+        raise UserError(refuse_message(path, e.name)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RuntimeError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        # torch wraps errors raised inside find_class; look for ours in the chain.
+        cause = e
+        while cause is not None:
+            if isinstance(cause, UnsafeGlobalError):
+                raise UserError(refuse_message(path, cause.name)) from None
+            cause = cause.__cause__ or cause.__context__
+        raise UserError(f"{path} is not a network file that can be read ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Walking stand-in module trees
+
+
+def module_state(obj):
+    """The __dict__ of a stand-in module (PersistentObject or ModuleStandIn), {} for anything else."""
+    if isinstance(obj, (PersistentObject, ModuleStandIn)):
+        return obj.state
+    return {}
+
+
+def class_name(obj):
+    return getattr(obj, "class_name", type(obj).__name__)
+
+
+def iter_modules(obj, prefix=""):
+    """Yield (dotted name, stand-in) for `obj` and every module below it, parents first."""
+    yield prefix, obj
+    children = module_state(obj).get("_modules") or {}
+    for name, child in children.items():
+        if child is None:
+            continue
+        yield from iter_modules(child, f"{prefix}.{name}" if prefix else str(name))
+
+
+def flat_state_dict(obj):
+    """{dotted name: tensor} of all parameters and persistent buffers, as nn.Module.state_dict() names them."""
+    out = collections.OrderedDict()
+    for prefix, mod in iter_modules(obj):
+        state = module_state(mod)
+        non_persistent = set(state.get("_non_persistent_buffers_set") or ())
+        for kind in ("_parameters", "_buffers"):
+            for name, value in (state.get(kind) or {}).items():
+                if value is None or (kind == "_buffers" and name in non_persistent):
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    raise UserError(f"network tensor {prefix}.{name} is not a tensor")
+                out[f"{prefix}.{name}" if prefix else str(name)] = value.detach()
+    return out
+
+
+def init_arguments(obj):
+    """(args tuple, kwargs dict) the persistent object was constructed with, EasyDicts as plain dicts."""
+    state = module_state(obj)
+    args = state.get("_init_args") or ()
+    kwargs = state.get("_init_kwargs") or {}
+    return tuple(args), to_plain(dict(kwargs))
+
+
+def to_plain(value):
+    """Nested dicts/lists/tuples/numpy scalars -> plain Python values (dicts, lists, numbers, strings, None)."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,293 @@
+"""engine.generate: seeds, images, grids, style mixing, interpolation, and the GIF/MP4 writers."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import generate as gen
+from engine.errors import UserError
+from engine.nets import Generator
+
+
+@pytest.fixture(autouse=True)
+def _reference_ops(monkeypatch):
+    # These tests are about files and generation; the compiled kernels have their own tests, and a first-use
+    # kernel build would only add minutes here.
+    monkeypatch.setenv("STUDIO_OPS", "ref")
+
+
+def tiny_G(c_dim=0, channels=3, res=16, seed=0):
+    torch.manual_seed(seed)
+    G = Generator(z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=res, img_channels=channels,
+                  mapping_kwargs=dict(num_layers=2, lr_multiplier=1.0), channel_base=128, channel_max=16)
+    with torch.no_grad():
+        for t in list(G.parameters()) + [b for n, b in G.named_buffers() if "resample_filter" not in n]:
+            t.copy_(torch.randn_like(t) * 0.3)
+    return G.eval().requires_grad_(False)
+
+
+def nvidia_image(G, seed, psi=1.0, c=None, noise_mode="const"):
+    """What NVIDIA's generate.py computes for one seed."""
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float()
+    c = torch.zeros(1, G.c_dim) if c is None else c
+    with torch.no_grad():
+        img = G(z, c, truncation_psi=psi, noise_mode=noise_mode)
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0,3,5-8", [0, 3, 5, 6, 7, 8]),
+    ("85", [85]),
+    (" 1 , 2 ,3", [1, 2, 3]),
+    ("4-4", [4]),
+    ("10-12,2", [10, 11, 12, 2]),
+    ("4294967295", [2 ** 32 - 1]),
+])
+def test_parse_seeds(text, expected):
+    assert gen.parse_seeds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a", "1,,2", "5-3", "-1", "1.5", "3-", "1-2-3", "4294967296", "0-100000000"])
+def test_parse_seeds_rejects_bad_text(text):
+    with pytest.raises(UserError) as e:
+        gen.parse_seeds(text)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_grid():
+    assert gen.parse_grid("4x2") == (4, 2)
+    assert gen.parse_grid("1X3") == (1, 3)
+    for bad in ("4", "0x2", "axb", "4x", "200x200"):
+        with pytest.raises(UserError):
+            gen.parse_grid(bad)
+
+
+def test_seed_to_z_is_nvidias_rule():
+    z = gen.seed_to_z(85, 512)
+    assert z.shape == (1, 512)
+    assert np.array_equal(z, np.random.RandomState(85).randn(1, 512))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_generate_images_matches_nvidia_rule_in_any_batch_size(channels):
+    G = tiny_G(channels=channels)
+    seeds = [0, 5, 85, 7, 3]
+    ref = [nvidia_image(G, s, psi=0.7) for s in seeds]
+    for batch in (1, 2, 8):
+        images = gen.generate_images(G, seeds, psi=0.7, batch=batch)
+        assert len(images) == len(seeds)
+        for a, b in zip(images, ref):
+            assert a.shape == (16, 16, channels) and a.dtype == np.uint8
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_noise_modes_and_truncation_change_the_images():
+    G = tiny_G()
+    const = gen.generate_images(G, [1])[0]
+    none = gen.generate_images(G, [1], noise_mode="none")[0]
+    rand_a = gen.generate_images(G, [1], noise_mode="random")[0]
+    rand_b = gen.generate_images(G, [1], noise_mode="random")[0]
+    assert not np.array_equal(const, none)
+    assert np.array_equal(rand_a, rand_b)  # reproducible
+    assert not np.array_equal(rand_a, const)
+    # psi 0 puts every seed at w_avg: all images equal.
+    a, b = gen.generate_images(G, [1, 2], psi=0)
+    assert np.array_equal(a, b)
+    c, d = gen.generate_images(G, [1, 2], psi=0, cutoff=1)
+    assert not np.array_equal(c, d)
+    with pytest.raises(UserError):
+        gen.generate_images(G, [1], noise_mode="loud")
+
+
+def test_conditional_classes():
+    G = tiny_G(c_dim=3)
+    for k in range(3):
+        c = torch.zeros(1, 3)
+        c[0, k] = 1
+        assert np.abs(gen.generate_images(G, [4], class_idx=k)[0].astype(int)
+                      - nvidia_image(G, 4, c=c).astype(int)).max() <= 1
+    assert not np.array_equal(gen.generate_images(G, [4], class_idx=0)[0], gen.generate_images(G, [4], class_idx=2)[0])
+    with pytest.raises(UserError, match="conditional"):
+        gen.generate_images(G, [4])
+    with pytest.raises(UserError, match="class 3 is out of range"):
+        gen.generate_images(G, [4], class_idx=3)
+    with pytest.raises(UserError, match="out of range"):
+        gen.generate_images(G, [4], class_idx=-1)
+
+
+def test_make_grid_layout_row_by_row():
+    imgs = [np.full((2, 3, 1), i * 10, np.uint8) for i in range(5)]
+    grid = gen.make_grid(imgs, 3, 2)
+    assert grid.shape == (4, 9, 1)
+    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 10 and grid[0, 6, 0] == 20
+    assert grid[2, 0, 0] == 30 and grid[2, 3, 0] == 40
+    assert (grid[2:, 6:] == 0).all()  # empty cell
+    with pytest.raises(UserError):
+        gen.make_grid(imgs, 2, 2)
+
+
+@pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB"), (4, "RGBA")])
+def test_save_image_modes(tmp_path, channels, mode):
+    arr = np.random.RandomState(0).randint(0, 256, (8, 8, channels)).astype(np.uint8)
+    path = gen.save_image(arr, tmp_path / "sub" / "x.png")
+    with Image.open(path) as im:
+        assert im.mode == mode
+        back = np.asarray(im)
+    assert np.array_equal(back.reshape(arr.shape), arr)
+
+
+def test_save_image_refuses_unwritable_place(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        gen.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "f" / "x.png")
+
+
+def test_check_can_write(tmp_path):
+    p = tmp_path / "a.png"
+    gen.check_can_write([p])
+    p.write_bytes(b"keep")
+    with pytest.raises(UserError, match="already exists.*--overwrite"):
+        gen.check_can_write([p, tmp_path / "b.png"])
+    gen.check_can_write([p], overwrite=True)
+    assert p.read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Style mixing
+
+
+def test_style_mix_grid_layout_and_cells():
+    G = tiny_G()
+    rows, cols, styles = [85, 100], [55, 821, 3], [0, 1, 2]
+    grid, cells = gen.style_mix_grid(G, rows, cols, styles)
+    h = w = 16
+    assert grid.shape == (3 * h, 4 * w, 3)
+    assert (grid[:h, :w] == 0).all()
+    seed_img = dict(zip(rows + cols, gen.generate_images(G, rows + cols)))
+    for j, c in enumerate(cols):
+        assert np.array_equal(grid[:h, (j + 1) * w:(j + 2) * w], seed_img[c])
+    for i, r in enumerate(rows):
+        assert np.array_equal(grid[(i + 1) * h:(i + 2) * h, :w], seed_img[r])
+    # A cell is the row seed's ws with the chosen layers taken from the column seed.
+    ws = gen.seeds_to_ws(G, [100, 821])
+    mixed = ws[0].clone()
+    mixed[styles] = ws[1][styles]
+    expect = gen.synthesize(G, mixed[None])[0]
+    assert np.array_equal(cells[(100, 821)], expect)
+    assert np.array_equal(grid[2 * h:3 * h, 2 * w:3 * w], expect)
+    # All layers from the column seed gives the column seed's own image.
+    _, all_cells = gen.style_mix_grid(G, [85], [55], list(range(G.num_ws)))
+    assert np.array_equal(all_cells[(85, 55)], seed_img[55])
+    with pytest.raises(UserError, match="out of range"):
+        gen.style_mix_grid(G, rows, cols, [G.num_ws])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interpolation
+
+
+def test_interpolate_keyframes_counts_and_passes_through_keys():
+    keys = torch.randn(3, 4, 5)
+    for kind in ("linear", "cubic"):
+        f = gen.interpolate_keyframes(keys, 4, kind)
+        assert f.shape == (9, 4, 5)
+        for k in range(3):
+            assert torch.allclose(f[4 * k], keys[k], atol=1e-6)
+        looped = gen.interpolate_keyframes(keys, 4, kind, loop=True)
+        assert looped.shape == (12, 4, 5)
+        assert torch.allclose(looped[8], keys[2], atol=1e-6)
+    # Linear midpoint is the average; the spline is smooth, not equal to it in general.
+    f = gen.interpolate_keyframes(keys, 2, "linear")
+    assert torch.allclose(f[1], (keys[0] + keys[1]) / 2, atol=1e-6)
+
+
+def test_slerp_keeps_norm_between_keys():
+    a, b = torch.randn(1, 64), torch.randn(1, 64)
+    b = b / b.norm() * a.norm()
+    frames = gen.interpolate_keyframes(torch.cat([a, b]), 8, "slerp")
+    norms = frames.norm(dim=-1)
+    assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-4)
+    assert torch.allclose(frames[-1], b[0], atol=1e-5)
+    # Linear interpolation of the same keys dips in norm in the middle.
+    lin = gen.interpolate_keyframes(torch.cat([a, b]), 8, "linear")
+    assert lin[4].norm() < norms[4] * 0.99
+
+
+def test_interpolation_frames_start_and_end_on_the_seeds():
+    G = tiny_G()
+    seeds = [1, 2, 3, 4]
+    refs = gen.generate_images(G, seeds)
+    for space, kind in (("w", "linear"), ("w", "cubic"), ("z", "slerp"), ("z", "linear")):
+        frames = list(gen.interpolation_frames(G, seeds, frames_per_seed=3, space=space, kind=kind, batch=4))
+        assert len(frames) == gen.count_frames(4, 3, False) == 10
+        for k in range(4):
+            assert np.abs(frames[3 * k].astype(int) - refs[k].astype(int)).max() <= 1
+        assert not np.array_equal(frames[1], frames[0])
+    looped = list(gen.interpolation_frames(G, seeds, frames_per_seed=2, loop=True))
+    assert len(looped) == 8
+    # 2x1 grid: cell 0 interpolates seeds 1,2 and cell 1 seeds 3,4.
+    grid_frames = list(gen.interpolation_frames(G, seeds, frames_per_seed=2, grid=(2, 1), kind="linear"))
+    assert len(grid_frames) == 3 and grid_frames[0].shape == (16, 32, 3)
+    assert np.abs(grid_frames[0][:, :16].astype(int) - refs[0].astype(int)).max() <= 1
+    assert np.abs(grid_frames[-1][:, 16:].astype(int) - refs[3].astype(int)).max() <= 1
+    with pytest.raises(UserError, match="evenly"):
+        list(gen.interpolation_frames(G, [1, 2, 3], grid=(2, 1)))
+    with pytest.raises(UserError, match="slerp"):
+        list(gen.interpolation_frames(G, seeds, space="w", kind="slerp"))
+    with pytest.raises(UserError, match="at least 2"):
+        list(gen.interpolation_frames(G, [1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video files
+
+
+def _frames(n, h=16, w=16, c=3):
+    rs = np.random.RandomState(0)
+    return [np.clip(rs.randint(0, 256, (h, w, c)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_gif_loops_forever(tmp_path, channels):
+    path = gen.write_video(iter(_frames(5, c=channels)), tmp_path / "a.gif", fps=20)
+    with Image.open(path) as im:
+        assert im.n_frames == 5
+        assert im.info.get("loop") == 0
+        assert im.info.get("duration") == 50
+        assert im.size == (16, 16)
+
+
+def test_mp4_is_h264_yuv420p_with_even_size(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = gen.write_video(iter(_frames(6, h=15, w=17, c=1)), tmp_path / "a.mp4", fps=12)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    count = sum(1 for _ in reader)
+    assert count == 6
+    assert meta["size"] == (18, 16)
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                           capture_output=True, text=True)
+    assert "h264" in probe.stderr and "yuv420p" in probe.stderr
+
+
+def test_video_writer_rejects_bad_output(tmp_path):
+    with pytest.raises(UserError, match=r"\.gif or \.mp4"):
+        gen.write_video(_frames(2), tmp_path / "a.avi")
+    with pytest.raises(UserError, match="fps"):
+        gen.write_video(_frames(2), tmp_path / "a.gif", fps=0)
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        gen.write_video(_frames(2), tmp_path / "blocker" / "a.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
