@@ -1,0 +1,63 @@
+"""Small utilities shared by the networks and the trainer."""
+
+import numbers
+
+import numpy as np
+import torch
+
+
+def plain_data(obj):
+    """A copy of obj made of dict / list / str / int / float / bool / None only (for init_kwargs and snapshots).
+
+    Tuples become lists, dict subclasses (EasyDict) plain dicts, numpy scalars Python numbers.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_data(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain_data(obj.tolist())
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1 and obj.ndim == 0:
+        return obj.item()
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    raise TypeError(f"not plain data: {type(obj).__name__}")
+
+
+def named_params_and_buffers(module):
+    """[(name, tensor)] of every parameter and buffer, with state_dict names."""
+    return list(module.named_parameters()) + list(module.named_buffers())
+
+
+@torch.no_grad()
+def copy_params_and_buffers(src_module, dst_module, require_all=False):
+    """Copy every parameter and buffer of src into the same-named one of dst (e.g. G -> G_ema).
+
+    require_all: raise if dst has a tensor src lacks. Shapes must match.
+    """
+    src = dict(named_params_and_buffers(src_module))
+    for name, tensor in named_params_and_buffers(dst_module):
+        if name in src:
+            if src[name].shape != tensor.shape:
+                raise ValueError(f"{name}: shape {list(src[name].shape)} does not fit {list(tensor.shape)}")
+            tensor.copy_(src[name].detach())
+        elif require_all:
+            raise KeyError(f"{name} is missing from the source network")
+
+
+def assert_shape(tensor, ref_shape, what="tensor"):
+    """Check tensor.shape against ref_shape, where None matches any size."""
+    if tensor.ndim != len(ref_shape):
+        raise ValueError(f"{what}: expected {len(ref_shape)} dimensions {list(ref_shape)}, got {list(tensor.shape)}")
+    for size, ref in zip(tensor.shape, ref_shape):
+        if ref is not None and size != ref:
+            raise ValueError(f"{what}: expected shape {list(ref_shape)} (None = any), got {list(tensor.shape)}")
+
+
+def normalize_2nd_moment(x, dim=1, eps=1e-8):
+    """Scale x so that the mean of its squares along `dim` is 1. [N, F] -> [N, F]."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
