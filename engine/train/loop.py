@@ -1,0 +1,738 @@
+"""The StyleGAN2-ADA training loop. Read training_loop() top to bottom; helpers follow it.
+
+One call of training_loop() is one process (one GPU, or the CPU). With several processes every rank runs the same
+code on its slice of each minibatch; gradients, ADA statistics and training statistics are averaged or summed
+over ranks, and only rank 0 writes files.
+
+Per step (one minibatch of batch_size images over all ranks):
+    Gmain, Dmain every step; Greg every G_reg_interval (4) steps, Dreg every D_reg_interval (16) steps,
+    each with its own optimiser step; then the G_ema update, and every ada_interval (4) steps the ADA update.
+Per tick (kimg_per_tick thousand images): statistics, log line, status.json; every `snap` ticks a grid of fakes,
+a snapshot and the metrics.
+"""
+
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from engine.errors import UserError
+from engine.train import distributed, runs
+from engine.train.augment import AdaController, make_pipe
+from engine.train.loss import StyleGAN2Loss
+from engine.train.options import TrainConfig
+from engine.train.state import capture_rng, copy_matching, fork_rng, restore_rng, to_cpu
+from engine.train.stats import StatsCollector
+
+
+@dataclass
+class Progress:
+    cur_nimg: int = 0
+    batch_idx: int = 0
+    tick: int = 0
+    total_sec: float = 0.0  # over all sessions of this run
+
+
+@dataclass
+class Phase:
+    name: str
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    interval: int
+
+
+def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
+    """Train until cfg.total_kimg (or a stop signal, or a failure). Returns the process exit code."""
+    session_start = time.time()
+    device = env.device
+    log = Logger(cfg.run_dir if env.is_main else None, show_progress=cfg.progress, total_kimg=cfg.total_kimg)
+    stopper = StopRequest()
+    stopper.install()
+    status = StatusWriter(cfg, env, session_start)
+    try:
+        # ---- 1. Numerics and seeds -------------------------------------------------------------------------
+        configure_backends(cfg, device)
+        # The initial weights depend on the seed only, not on the rank or the number of processes.
+        seed_everything(cfg.seed)
+        # Latents, labels and the data order are drawn for the whole minibatch from one stream that is the same
+        # on every rank; each rank takes its slice. One process or several then see the same samples.
+        batch_gen = torch.Generator().manual_seed(cfg.seed)
+
+        # ---- 2. Data ---------------------------------------------------------------------------------------
+        dataset = open_dataset(cfg)
+        label_table = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])
+                                       if dataset.label_dim and cfg.cond else np.zeros([len(dataset), 0], np.float32))
+
+        # ---- 3. Networks -----------------------------------------------------------------------------------
+        from engine.nets import Discriminator, Generator
+
+        G = Generator(**cfg.G_kwargs).train().requires_grad_(False).to(device)
+        D = Discriminator(**cfg.D_kwargs).train().requires_grad_(False).to(device)
+        G_ema = copy.deepcopy(G).eval()
+        # Per-rank streams for what each rank draws for its own samples (augmentation, noise, mixing, PL noise).
+        seed_everything(cfg.seed * env.world_size + env.rank)
+
+        # ---- 4. Augmentation -------------------------------------------------------------------------------
+        augment_pipe = ada = None
+        if cfg.aug != "noaug":
+            augment_pipe = make_pipe(cfg.augpipe).train().requires_grad_(False).to(device)
+            augment_pipe.p = float(cfg.aug_p)
+            if cfg.aug == "ada":
+                ada = AdaController(augment_pipe, target=cfg.ada_target, interval=cfg.ada_interval,
+                                    speed_kimg=cfg.ada_kimg, batch_size=cfg.batch_size, device=device)
+
+        # ---- 5. Loss and optimisers (lazy regularisation rescales lr and betas by k / (k + 1)) -------------
+        stats = StatsCollector(device)
+        autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        loss = StyleGAN2Loss(G, D, augment_pipe=augment_pipe, r1_gamma=cfg.r1_gamma,
+                             style_mixing_prob=cfg.style_mixing, pl_weight=cfg.pl_weight,
+                             pl_batch_shrink=cfg.pl_batch_shrink, pl_decay=cfg.pl_decay,
+                             autocast_dtype=autocast_dtype, stats=stats, ada=ada, device=device)
+        phases = build_phases(G, D, cfg)
+
+        # ---- 6. Starting point: fresh, continued run, or transfer from another network ----------------------
+        progress = Progress()
+        if cfg.resume_mode == "continue":
+            snap = load_training_snapshot(cfg.resume)
+            restore_training_state(snap, env, cfg, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen,
+                                   progress, log)
+            if env.is_main:
+                truncate_history(cfg.run_dir, progress.cur_nimg)
+            log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
+                     f"tick {progress.tick}, augment p {augment_pipe.p if augment_pipe else 0:.3f}")
+        elif cfg.resume_mode == "transfer":
+            transfer_weights(cfg.resume, G, D, G_ema, log)
+        for module in (G, D, G_ema):
+            distributed.broadcast_module(module, env)  # every rank starts from rank 0's exact weights
+
+        # ---- 7. Data stream (resumes at the exact minibatch) ------------------------------------------------
+        sampler = MinibatchSampler(len(dataset), cfg.batch_size, env.rank, env.world_size, cfg.seed,
+                                   start_step=progress.batch_idx)
+        data_iter = iter(make_loader(dataset, sampler, cfg, device))
+
+        # ---- 8. Run folder ---------------------------------------------------------------------------------
+        grid = GridSetup(dataset, label_table, G.z_dim, cfg.seed)
+        if env.is_main:
+            runs.write_json_atomic(Path(cfg.run_dir) / "training_options.json", cfg.to_dict())
+            if cfg.resume_mode != "continue":
+                log.line(describe_run(cfg, G, D, len(dataset), env))
+                with fork_rng(device):
+                    grid.save_reals(Path(cfg.run_dir) / "reals.png")
+                    grid.save_fakes(G_ema, Path(cfg.run_dir) / "fakes_init.png", device, cfg.batch_gpu)
+        status.update("running", progress, message="training")
+
+        # ---- 9. The loop -----------------------------------------------------------------------------------
+        total_nimg = int(round(cfg.total_kimg * 1000))
+        if progress.cur_nimg >= total_nimg:
+            log.line(f"already at kimg {progress.cur_nimg / 1000:.3f} of {cfg.total_kimg:g}; nothing to do "
+                     f"(raise --kimg to train on)")
+            status.update("finished", progress, message="finished", snapshot=Path(cfg.resume).name)
+            return 0
+        rounds = cfg.batch_size // (cfg.batch_gpu * env.world_size)
+        z_dim = G.z_dim
+        tick_start_nimg = progress.cur_nimg
+        tick_start_time = time.time()
+        maintenance_sec = tick_start_time - session_start
+        first_tick = progress.tick == 0
+        p_min_in_tick = augment_pipe.p if augment_pipe else 0.0
+        last_p_warning_tick = -10 ** 9
+        last_snapshot = Path(cfg.resume).name if cfg.resume_mode == "continue" else None
+        steps_done = 0
+        log.start_bar(progress.cur_nimg / 1000)
+
+        while True:
+            # -- one training step ---------------------------------------------------------------------------
+            real_img, real_c = next(data_iter)
+            real_img = real_img.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+            real_c = real_c.to(device, non_blocking=True)
+            gen_z, gen_c = draw_latents(batch_gen, len(phases), cfg.batch_size, z_dim, label_table, env, device)
+            run_phases(phases, loss, real_img, real_c, gen_z, gen_c, progress.batch_idx, rounds, cfg.batch_gpu,
+                       env)
+            update_ema(G_ema, G, cfg, progress.cur_nimg)
+            progress.cur_nimg += cfg.batch_size
+            progress.batch_idx += 1
+            steps_done += 1
+            log.advance(cfg.batch_size / 1000)
+
+            # -- agree across ranks on ADA statistics, failures and stop requests -----------------------------
+            done = progress.cur_nimg >= total_nimg
+            out_of_steps = cfg.max_steps is not None and steps_done >= cfg.max_steps
+            tick_due = (done or out_of_steps or first_tick
+                        or progress.cur_nimg >= tick_start_nimg + cfg.kimg_per_tick * 1000)
+            # Every ada_interval steps and at tick ends (the same steps on every rank): one small all-reduce.
+            # A single process also looks at once when a stop was requested, which costs no communication.
+            interval_end = progress.batch_idx % cfg.ada_interval == 0
+            ada_due = ada is not None and interval_end
+            stopping = False
+            if tick_due or interval_end or (not env.active and stopper.requested):
+                ada_acc = ada.acc.clone() if ada is not None else torch.zeros([2], dtype=torch.float64, device=device)
+                flags = torch.cat([ada_acc, loss.nonfinite.to(torch.float64).reshape(1),
+                                   torch.tensor([1.0 if stopper.requested else 0.0], dtype=torch.float64,
+                                                device=device)])
+                ada_sum, ada_count, nonfinite, stop = distributed.all_reduce_sum(flags, env).cpu().tolist()
+                if nonfinite > 0:
+                    return fail_nonfinite(log, status, progress, last_snapshot, env)
+                if ada_due:
+                    ada.update((ada_sum, ada_count))
+                    p_min_in_tick = min(p_min_in_tick, augment_pipe.p)
+                stopping = stop > 0 or out_of_steps
+                tick_due = tick_due or stopping
+            if not tick_due:
+                continue
+
+            # -- end of a tick: statistics, log line, images, snapshot, metrics, status ------------------------
+            tick_end_time = time.time()
+            progress.total_sec += tick_end_time - tick_start_time + (maintenance_sec if first_tick else 0)
+            entries = stats.collect(env)
+            kimg_done = (progress.cur_nimg - tick_start_nimg) / 1000
+            sec_per_tick = tick_end_time - tick_start_time
+            sec_per_kimg = sec_per_tick / kimg_done if kimg_done > 0 else None
+            cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2 ** 30
+            gpu_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0
+            p_now = augment_pipe.p if augment_pipe else 0.0
+            add_scalar(entries, "Progress/tick", progress.tick)
+            add_scalar(entries, "Progress/kimg", progress.cur_nimg / 1000)
+            add_scalar(entries, "Progress/augment", p_now)
+            add_scalar(entries, "Timing/total_sec", progress.total_sec)
+            add_scalar(entries, "Timing/sec_per_tick", sec_per_tick)
+            add_scalar(entries, "Timing/sec_per_kimg", sec_per_kimg if sec_per_kimg is not None else 0.0)
+            add_scalar(entries, "Timing/maintenance_sec", maintenance_sec)
+            add_scalar(entries, "Timing/total_hours", progress.total_sec / 3600)
+            add_scalar(entries, "Timing/total_days", progress.total_sec / 86400)
+            add_scalar(entries, "Resources/cpu_mem_gb", cpu_mem)
+            add_scalar(entries, "Resources/peak_gpu_mem_gb", gpu_mem)
+            entries["timestamp"] = time.time()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if env.is_main:
+                runs.append_jsonl(Path(cfg.run_dir) / "stats.jsonl", entries)
+            log.line(f"tick {progress.tick:<5d} kimg {progress.cur_nimg / 1000:<9.3f} "
+                     f"time {format_time(progress.total_sec):<12s} sec/tick {sec_per_tick:<8.1f} "
+                     f"sec/kimg {sec_per_kimg or 0:<8.2f} maintenance {maintenance_sec:<6.1f} "
+                     f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}")
+            if ada is not None and p_min_in_tick > 0.8 and progress.tick - last_p_warning_tick >= 20:
+                log.line(f"warning: augmentation probability p has stayed above 0.8 for this tick (p={p_now:.3f}); "
+                         f"augmentations may start to leak into generated images. More data, --mirror 1 or a lower "
+                         f"--target help")
+                last_p_warning_tick = progress.tick
+            p_min_in_tick = p_now
+
+            tick_start_maint = time.time()
+            final = done or stopping
+            if env.is_main and (final or progress.tick % cfg.image_snap == 0):
+                with fork_rng(device):
+                    grid.save_fakes(G_ema, Path(cfg.run_dir) / runs.fakes_name(progress.cur_nimg), device,
+                                    cfg.batch_gpu)
+            tick_number = progress.tick
+            progress.tick += 1  # a snapshot records the tick that comes next
+            if final or tick_number % cfg.snap == 0:
+                distributed.average_buffers(G, env)
+                distributed.average_buffers(G_ema, env)
+                last_snapshot = write_snapshot(cfg, env, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen,
+                                               progress, log)
+                if cfg.metrics:
+                    with fork_rng(device):
+                        run_metrics(cfg, env, G_ema, last_snapshot, log)
+            first_tick = False
+            tick_start_nimg = progress.cur_nimg
+            tick_start_time = time.time()
+            maintenance_sec = tick_start_time - tick_start_maint
+            progress.total_sec += maintenance_sec
+            if final:
+                break
+            status.update("running", progress, sec_per_kimg=sec_per_kimg, snapshot=last_snapshot,
+                          message="training")
+
+        # ---- 10. Done or stopped -----------------------------------------------------------------------------
+        log.close_bar()
+        if done:
+            log.line(f"finished: kimg {progress.cur_nimg / 1000:.3f}, snapshot {last_snapshot}")
+            status.update("finished", progress, snapshot=last_snapshot, message="finished")
+        else:
+            why = "stop requested" if stopper.requested else f"stopped after {steps_done} steps (--max-steps)"
+            log.line(f"{why}: kimg {progress.cur_nimg / 1000:.3f}, snapshot {last_snapshot}; continue with "
+                     f"--resume {Path(cfg.run_dir) / last_snapshot}")
+            status.update("stopped", progress, snapshot=last_snapshot, message=why)
+        return 0
+    except BaseException as e:
+        log.close_bar()
+        message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, KeyboardInterrupt):
+            message = "interrupted"
+        log.line(f"failed: {message}")
+        status.fail(message)
+        raise
+    finally:
+        stopper.uninstall()
+        log.close()
+
+
+# ===============================================================================================================
+# Steps
+
+
+def build_phases(G, D, cfg: TrainConfig):
+    """[Phase] in execution order: Gmain, Greg, Dmain, Dreg (or Gboth / Dboth without lazy regularisation)."""
+    phases = []
+    for name, module, lr, reg_interval in (("G", G, cfg.G_lr, cfg.G_reg_interval),
+                                           ("D", D, cfg.D_lr, cfg.D_reg_interval)):
+        params = [p for p in module.parameters()]
+        if reg_interval is None:
+            opt = torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), eps=1e-8)
+            phases.append(Phase(name + "both", module, opt, 1))
+        else:
+            mb_ratio = reg_interval / (reg_interval + 1)
+            opt = torch.optim.Adam(params, lr=lr * mb_ratio, betas=tuple(b ** mb_ratio for b in cfg.betas), eps=1e-8)
+            phases.append(Phase(name + "main", module, opt, 1))
+            phases.append(Phase(name + "reg", module, opt, reg_interval))
+    return phases
+
+
+def draw_latents(batch_gen, num_phases, batch_size, z_dim, label_table, env, device):
+    """z [P, n, z_dim] and c [P, n, c_dim] for this rank's n = batch_size / world samples of each phase."""
+    z = torch.randn([num_phases, batch_size, z_dim], generator=batch_gen)
+    idx = torch.randint(len(label_table), [num_phases, batch_size], generator=batch_gen)
+    c = label_table[idx]
+    per_rank = batch_size // env.world_size
+    part = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+    return z[:, part].to(device), c[:, part].to(device)
+
+
+def run_phases(phases, loss, real_img, real_c, gen_z, gen_c, batch_idx, rounds, batch_gpu, env):
+    """One training step: each phase due at batch_idx accumulates its gradient over `rounds` chunks of
+    batch_gpu samples, averages it over ranks and takes an optimiser step."""
+    for i, phase in enumerate(phases):
+        if batch_idx % phase.interval != 0:
+            continue
+        phase.opt.zero_grad(set_to_none=True)
+        phase.module.requires_grad_(True)
+        for r in range(rounds):
+            part = slice(r * batch_gpu, (r + 1) * batch_gpu)
+            # gain: the lazy interval, and 1/rounds so the accumulated gradient is the mean over the minibatch
+            loss.accumulate_gradients(phase.name, real_img[part], real_c[part], gen_z[i, part], gen_c[i, part],
+                                      gain=phase.interval / rounds)
+        # average_gradients keeps the parameters that require grad: switch them off after the step, not before.
+        flat = distributed.average_gradients(list(phase.module.parameters()), env)
+        if flat is not None:
+            loss.nonfinite += (~torch.isfinite(flat)).sum()
+            phase.opt.step()
+        phase.module.requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(G_ema, G, cfg: TrainConfig, cur_nimg):
+    """G_ema <- beta * G_ema + (1 - beta) * G with a half-life of ema_kimg thousand images (shorter early on
+    with ema_rampup)."""
+    ema_nimg = cfg.ema_kimg * 1000
+    if cfg.ema_rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
+    beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
+    ema_params = list(G_ema.parameters())
+    params = list(G.parameters())
+    torch._foreach_lerp_(ema_params, params, 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def fail_nonfinite(log, status, progress, last_snapshot, env):
+    keep = f"the last good snapshot is {last_snapshot}" if last_snapshot else "no snapshot was written yet"
+    message = (f"a loss or gradient became NaN/Inf at kimg {progress.cur_nimg / 1000:.3f} (tick {progress.tick}); "
+               f"training stopped, {keep}. Lower --glr/--dlr, change --gamma or use --precision fp32")
+    log.close_bar()
+    log.line(f"failed: {message}")
+    status.update("failed", progress, snapshot=last_snapshot, message=message)
+    return 1
+
+
+# ===============================================================================================================
+# Data
+
+
+def open_dataset(cfg: TrainConfig):
+    from engine.data.dataset import ImageDataset
+
+    ds = ImageDataset(cfg.data, use_labels=cfg.cond, max_size=cfg.subset, xflip=cfg.mirror, random_seed=cfg.seed)
+    if ds.resolution != cfg.G_kwargs["img_resolution"] or ds.num_channels != cfg.G_kwargs["img_channels"]:
+        raise UserError(f"dataset {cfg.data!r} ({ds.resolution}x{ds.resolution}, {ds.num_channels} channel(s)) does "
+                        f"not fit the network ({cfg.G_kwargs['img_resolution']} px, "
+                        f"{cfg.G_kwargs['img_channels']} channel(s))")
+    return ds
+
+
+class MinibatchSampler:
+    """Yields this rank's dataset indices for each step, forever, from step `start_step` on.
+
+    The global order is a fresh permutation every epoch, a pure function of (seed, epoch), so the stream resumes
+    exactly from a step number; rank r gets the r-th slice of each global minibatch.
+    """
+
+    def __init__(self, size, batch_size, rank, world_size, seed, start_step=0):
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.seed = int(seed)
+        self.start_step = int(start_step)
+        self._epoch = None
+        self._perm = None
+
+    def _order(self, epoch):
+        if epoch != self._epoch:
+            self._perm = np.random.RandomState((self.seed * 1000003 + epoch) % 2 ** 32).permutation(self.size)
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, step):
+        per_rank = self.batch_size // self.world_size
+        start = step * self.batch_size + self.rank * per_rank
+        out = []
+        for pos in range(start, start + per_rank):
+            out.append(int(self._order(pos // self.size)[pos % self.size]))
+        return out
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self.indices(step)
+            step += 1
+
+
+def make_loader(dataset, sampler, cfg: TrainConfig, device):
+    kwargs = {}
+    if cfg.workers > 0:
+        kwargs = dict(prefetch_factor=2, persistent_workers=True)
+    # A private generator: creating the iterator draws a worker seed, which must not move the global RNG
+    # stream (a resumed run creates its iterator at another point of that stream than the original did).
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                       pin_memory=device.type == "cuda", generator=generator, **kwargs)
+
+
+# ===============================================================================================================
+# Snapshots and resume
+
+
+def pack(net):
+    from engine.checkpoint import pack_network
+
+    return pack_network(net)
+
+
+def write_snapshot(cfg, env, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen, progress, log):
+    """Gather every rank's RNG state, then rank 0 writes network-snapshot-NNNNNN.pt atomically -> its name."""
+    per_rank = {"rng": capture_rng(env.device), "pl_mean": float(loss.pl_mean),
+                "ada_acc": ada.acc.detach().cpu().clone() if ada is not None else None}
+    all_ranks = distributed.all_gather_object(to_cpu(per_rank), env)
+    name = runs.snapshot_name(progress.cur_nimg)
+    if env.is_main:
+        from engine.checkpoint import FORMAT, VERSION, save_snapshot
+
+        optimizers = {}
+        for phase in phases:
+            optimizers.setdefault(phase.name[0], to_cpu(phase.opt.state_dict()))
+        data = {
+            "format": FORMAT, "version": VERSION,
+            "G": pack(G), "D": pack(D), "G_ema": pack(G_ema),
+            "augment": None if augment_pipe is None else {
+                "p": float(augment_pipe.p), "pipe": cfg.augpipe, "kwargs": dict(augment_pipe.init_kwargs),
+                "mode": cfg.aug, "target": cfg.ada_target},
+            "progress": {"cur_nimg": int(progress.cur_nimg), "kimg": progress.cur_nimg / 1000,
+                         "tick": int(progress.tick), "batch_idx": int(progress.batch_idx),
+                         "pl_mean": float(loss.pl_mean), "total_sec": float(progress.total_sec),
+                         "total_kimg": float(cfg.total_kimg)},
+            "optimizers": optimizers,
+            "options": cfg.to_dict(),
+            "dataset": dict(cfg.dataset),
+            "rng": {"world_size": env.world_size, "ranks": all_ranks, "batch_gen": batch_gen.get_state().clone()},
+        }
+        save_snapshot(Path(cfg.run_dir) / name, data)
+        log.line(f"snapshot {name}")
+    distributed.barrier(env)
+    return name
+
+
+def load_training_snapshot(path):
+    from engine.checkpoint import load_snapshot
+
+    return load_snapshot(path)
+
+
+def restore_training_state(snap, env, cfg, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen, progress, log):
+    """Put a continued run back exactly where its snapshot left it."""
+    try:
+        G.load_state_dict(snap["G"]["state"])
+        D.load_state_dict(snap["D"]["state"])
+        G_ema.load_state_dict(snap["G_ema"]["state"])
+    except RuntimeError as e:
+        raise UserError(f"snapshot {cfg.resume} does not fit the network of its own run: "
+                        f"{str(e).splitlines()[0]}") from None
+    for phase in phases:
+        state = snap["optimizers"].get(phase.name[0])
+        if state is not None and phase.name.endswith(("main", "both")):
+            phase.opt.load_state_dict(state)
+    p = snap["progress"]
+    progress.cur_nimg = int(p["cur_nimg"])
+    progress.batch_idx = int(p["batch_idx"])
+    progress.tick = int(p["tick"])
+    progress.total_sec = float(p.get("total_sec", 0.0))
+    aug = snap.get("augment")
+    if augment_pipe is not None and aug is not None:
+        augment_pipe.p = float(aug["p"])
+    rng = snap.get("rng") or {}
+    ranks = rng.get("ranks") or []
+    if rng.get("batch_gen") is not None:
+        batch_gen.set_state(rng["batch_gen"])
+    if rng.get("world_size") == env.world_size and len(ranks) == env.world_size:
+        mine = ranks[env.rank]
+        restore_rng(mine["rng"], env.device)
+        loss.pl_mean.fill_(float(mine["pl_mean"]))
+        if ada is not None and mine.get("ada_acc") is not None:
+            ada.acc.copy_(mine["ada_acc"].to(ada.acc))
+    else:
+        seed_everything(cfg.seed * env.world_size + env.rank + 7919 * progress.batch_idx)
+        loss.pl_mean.fill_(float(p.get("pl_mean", 0.0)))
+        log.line(f"note: the snapshot was written by {rng.get('world_size')} process(es), this run has "
+                 f"{env.world_size}; random streams are reseeded (training continues, not bit for bit)")
+
+
+def transfer_weights(path, G, D, G_ema, log):
+    """Start from another network's weights (NVIDIA .pkl, an export, another run's snapshot)."""
+    from engine.checkpoint import load_network
+
+    src = load_network(path, device="cpu")
+    report = []
+    for name, dst, source in (("G", G, src["G"] or src["G_ema"]), ("D", D, src["D"]), ("G_ema", G_ema, src["G_ema"])):
+        if source is None:
+            report.append(f"{name}: not in the file, fresh weights")
+            continue
+        copied, skipped = copy_matching(source.state_dict(), dst)
+        report.append(f"{name}: {len(copied)} tensors copied" + (f", {len(skipped)} fresh" if skipped else ""))
+    log.line(f"transfer learning from {path} ({src['source']}): " + "; ".join(report))
+
+
+def truncate_history(run_dir, cur_nimg):
+    """After a kill, the run may have logged ticks beyond its last snapshot: drop them so curves continue."""
+    kimg = cur_nimg / 1000 + 1e-9
+    runs.truncate_jsonl(Path(run_dir) / "stats.jsonl",
+                        lambda r: float(r.get("Progress/kimg", {}).get("mean", 0)) <= kimg)
+    for path in Path(run_dir).glob("metric-*.jsonl"):
+        def keep(r):
+            m = runs.SNAPSHOT_RE.match(str(r.get("snapshot_pkl") or ""))
+            return m is None or int(m.group(1)) <= cur_nimg // 1000
+        runs.truncate_jsonl(path, keep)
+
+
+# ===============================================================================================================
+# Grids, metrics
+
+
+class GridSetup:
+    """The fixed images of reals.png and the fixed latents of fakes*.png, sized for the resolution
+    (at most 12 x 8 images and about 1024 x 768 pixels; larger images are shown fewer at a time)."""
+
+    def __init__(self, dataset, label_table, z_dim, seed):
+        res = dataset.resolution
+        self.cols = max(2, min(12, 1024 // res))
+        self.rows = max(2, min(8, 768 // res))
+        n = self.cols * self.rows
+        order = np.random.RandomState(seed).permutation(len(dataset))
+        self.indices = [int(order[i % len(order)]) for i in range(n)]
+        self.dataset = dataset
+        self.z = torch.from_numpy(np.random.RandomState(seed + 1).randn(n, z_dim).astype(np.float32))
+        self.c = label_table[self.indices] if label_table.shape[1] else torch.zeros([n, 0])
+
+    def _save(self, images, path):
+        from PIL import Image
+
+        from engine.generate import make_grid, save_image
+
+        grid = make_grid(images, self.cols, self.rows)
+        if grid.shape[1] > 1024:  # large resolutions: shrink the sheet, not the number of images below 2 x 2
+            factor = math.ceil(grid.shape[1] / 1024)
+            im = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+            grid = np.asarray(im.reduce(factor))
+        save_image(grid, path)
+
+    def save_reals(self, path):
+        images = [self.dataset[i][0].transpose(1, 2, 0) for i in self.indices]
+        self._save(images, path)
+
+    @torch.no_grad()
+    def save_fakes(self, G, path, device, batch):
+        batch = max(batch, 32)  # inference only: larger chunks cost little memory and save per-call overhead
+        images = []
+        for z, c in zip(self.z.split(batch), self.c.split(batch)):
+            img = G(z.to(device), c.to(device), noise_mode="const")
+            img = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            images.extend(list(img))
+        self._save(images, path)
+
+
+def run_metrics(cfg, env, G_ema, snapshot_name, log):
+    """Rank 0 evaluates cfg.metrics on G_ema and appends metric-<name>.jsonl; the others wait."""
+    if env.is_main:
+        try:
+            from engine.metrics import append_metric_jsonl, compute_many
+        except ImportError as e:
+            log.line(f"metrics skipped: the metrics module is not available ({e})")
+        else:
+            try:
+                results = compute_many(cfg.metrics, G_ema, cfg.data, env.device)
+                for result in results:
+                    result["num_gpus"] = env.world_size
+                    append_metric_jsonl(cfg.run_dir, result, snapshot_name)
+                    value = next(iter(result["results"].values()))
+                    log.line(f"metric {result['metric']} = {value:.4f} ({result['total_time_str']})")
+            except UserError as e:
+                log.line(f"metrics skipped: {e}")
+    distributed.barrier(env)
+
+
+# ===============================================================================================================
+# Process plumbing
+
+
+def configure_backends(cfg, device):
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
+
+
+def seed_everything(seed):
+    import random
+
+    seed = int(seed) % 2 ** 32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def add_scalar(entries, name, value):
+    entries[name] = {"num": 1, "mean": float(value), "std": 0.0}
+
+
+def format_time(seconds):
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m"
+
+
+def describe_run(cfg, G, D, num_images, env):
+    g_params = sum(p.numel() for p in G.parameters())
+    d_params = sum(p.numel() for p in D.parameters())
+    return (f"run {Path(cfg.run_dir).name}: {num_images} images of {cfg.dataset.get('resolution')} px, "
+            f"cfg {cfg.cfg}, batch {cfg.batch_size} ({env.world_size} process(es) x {cfg.batch_gpu} per step), "
+            f"gamma {cfg.r1_gamma:g}, G {g_params / 1e6:.2f}M / D {d_params / 1e6:.2f}M parameters, "
+            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg")
+
+
+class Logger:
+    """Lines to the console and log.txt (rank 0), and a tqdm bar over kimg when on a terminal."""
+
+    def __init__(self, run_dir, show_progress=None, total_kimg=0):
+        self.file = open(Path(run_dir) / "log.txt", "a", buffering=1) if run_dir else None
+        self.show = show_progress
+        self.total_kimg = total_kimg
+        self.bar = None
+
+    def start_bar(self, kimg):
+        if self.file is None:
+            return
+        show = self.show if self.show is not None else sys.stderr.isatty()
+        if not show:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total_kimg, initial=kimg, unit="kimg", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]")
+
+    def advance(self, kimg):
+        if self.bar is not None:
+            self.bar.update(kimg)
+
+    def close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text):
+        if self.file is None:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+        self.file.write(text + "\n")
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class StatusWriter:
+    def __init__(self, cfg, env, started):
+        self.cfg = cfg
+        self.env = env
+        self.started = started
+        self.last = {}
+
+    def update(self, state, progress, sec_per_kimg=None, snapshot=None, message=""):
+        if not self.env.is_main:
+            return
+        self.last = dict(kimg=progress.cur_nimg / 1000, tick=progress.tick, snapshot=snapshot)
+        runs.write_status(self.cfg.run_dir, state, kimg=progress.cur_nimg / 1000, total_kimg=self.cfg.total_kimg,
+                          tick=progress.tick, sec_per_kimg=sec_per_kimg, snapshot=snapshot, message=message,
+                          started=self.started)
+
+    def fail(self, message):
+        if not self.env.is_main or not Path(self.cfg.run_dir).is_dir():
+            return
+        try:
+            runs.write_status(self.cfg.run_dir, "failed", kimg=self.last.get("kimg", 0.0),
+                              total_kimg=self.cfg.total_kimg, tick=self.last.get("tick", 0),
+                              snapshot=self.last.get("snapshot"), message=message, started=self.started)
+        except OSError:
+            pass
+
+
+class StopRequest:
+    """SIGTERM / SIGINT ask the loop to finish its step, write a snapshot and exit; a second SIGINT interrupts."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.requested and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal = signum
+
+    def install(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}

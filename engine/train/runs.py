@@ -1,0 +1,236 @@
+"""Run folders: writing them (trainer, rank 0 only) and reading them (dashboard, resume).
+
+<outdir>/<NNNNN>-<desc>/ holds training_options.json, log.txt, stats.jsonl, status.json, reals.png,
+fakes_init.png, fakesNNNNNN.png, network-snapshot-NNNNNN.pt and metric-<name>.jsonl. Every reader here copes
+with a run that is being written or was killed mid-write: a torn last line of a .jsonl is skipped, a missing or
+half-written status gives None.
+"""
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+RUN_RE = re.compile(r"^(\d{5})-(.+)$")
+SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6})\.pt$")
+FAKES_RE = re.compile(r"^fakes(\d{6})\.png$")
+
+STATES = ("running", "stopped", "finished", "failed")
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path, data):
+    """Write JSON to a temporary file in the same folder and rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def append_jsonl(path, record):
+    """Append one JSON line and flush it to disk (a crash can tear at most this line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def next_run_dir(outdir, desc):
+    """<outdir>/<NNNNN>-<desc> with NNNNN one above the highest existing run number; created here."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    while True:
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := RUN_RE.match(p.name)) and p.is_dir()]
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # another trainer took this number a moment ago
+            continue
+
+
+def write_status(run_dir, state, *, kimg, total_kimg, tick, sec_per_kimg=None, snapshot=None, message="",
+                 started=None, pid=None):
+    """status.json, written atomically: what the dashboard polls."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    now = time.time()
+    write_json_atomic(Path(run_dir) / "status.json", {
+        "state": state, "pid": int(pid if pid is not None else os.getpid()), "kimg": float(kimg),
+        "total_kimg": float(total_kimg), "tick": int(tick),
+        "sec_per_kimg": None if sec_per_kimg is None else float(sec_per_kimg),
+        "snapshot": snapshot, "message": str(message), "updated": now, "started": started or now})
+
+
+def snapshot_name(cur_nimg):
+    return f"network-snapshot-{int(cur_nimg) // 1000:06d}.pt"
+
+
+def fakes_name(cur_nimg):
+    return f"fakes{int(cur_nimg) // 1000:06d}.png"
+
+
+def truncate_jsonl(path, keep):
+    """Rewrite a .jsonl keeping only the records for which keep(record) is true (atomic). Torn lines go."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in _read_jsonl(path) if keep(r)]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path):
+    records = []
+    try:
+        with open(path, "r", errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill while it was written
+                if isinstance(rec, dict):
+                    records.append(rec)
+    except OSError:
+        return []
+    return records
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True
+    return True
+
+
+def read_status(run_dir):
+    """status.json as a dict (plus 'alive': whether its pid still runs), or None if missing or unreadable."""
+    try:
+        with open(Path(run_dir) / "status.json") as f:
+            status = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    status["alive"] = status.get("state") == "running" and _pid_alive(status.get("pid", -1))
+    return status
+
+
+def read_stats(run_dir):
+    """stats.jsonl as a list of dicts, one per tick (a torn last line is skipped)."""
+    return _read_jsonl(Path(run_dir) / "stats.jsonl")
+
+
+def read_metrics(run_dir):
+    """{metric name: [records of metric-<name>.jsonl]}."""
+    out = {}
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return out
+    for p in sorted(run_dir.glob("metric-*.jsonl")):
+        out[p.stem[len("metric-"):]] = _read_jsonl(p)
+    return out
+
+
+def read_options(run_dir):
+    try:
+        with open(Path(run_dir) / "training_options.json") as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def list_snapshots(run_dir):
+    """[(kimg, Path)] sorted by kimg."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    snaps = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := SNAPSHOT_RE.match(p.name))]
+    return sorted(snaps, key=lambda t: (t[0], t[1].stat().st_mtime if t[1].exists() else 0))
+
+
+def latest_snapshot(run_dir):
+    """The newest network-snapshot-NNNNNN.pt of a run folder, or None."""
+    snaps = list_snapshots(run_dir)
+    return snaps[-1][1] if snaps else None
+
+
+def latest_fakes(run_dir):
+    """The newest fakesNNNNNN.png (or fakes_init.png), or None."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    grids = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
+    if grids:
+        return grids[-1][1]
+    init = run_dir / "fakes_init.png"
+    return init if init.exists() else None
+
+
+def list_runs(outdir):
+    """Every run folder under outdir, oldest first: dicts with id, name, path, desc, dataset, cfg, state, kimg,
+    total_kimg, snapshots, latest_snapshot, latest_fakes, updated."""
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        return []
+    runs = []
+    for p in outdir.iterdir():
+        m = RUN_RE.match(p.name)
+        if not m or not p.is_dir():
+            continue
+        status = read_status(p) or {}
+        options = read_options(p) or {}
+        snap = latest_snapshot(p)
+        fakes = latest_fakes(p)
+        runs.append({
+            "id": int(m.group(1)), "name": p.name, "path": str(p), "desc": m.group(2),
+            "dataset": options.get("data"), "cfg": options.get("cfg"),
+            "state": status.get("state"), "alive": bool(status.get("alive")),
+            "kimg": status.get("kimg"), "total_kimg": status.get("total_kimg", options.get("total_kimg")),
+            "message": status.get("message", ""),
+            "snapshots": len(list_snapshots(p)), "latest_snapshot": str(snap) if snap else None,
+            "latest_fakes": str(fakes) if fakes else None,
+            "updated": status.get("updated", p.stat().st_mtime)})
+    return sorted(runs, key=lambda r: r["id"])
+
+
+def _same_path(a, b):
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError, TypeError):
+        return False
+
+
+def find_resume_latest(outdir, dataset_path):
+    """The newest snapshot of the newest run in outdir that trained on dataset_path, or None."""
+    for run in reversed(list_runs(outdir)):
+        if run["latest_snapshot"] and run["dataset"] and _same_path(run["dataset"], dataset_path):
+            return Path(run["latest_snapshot"])
+    return None

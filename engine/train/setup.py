@@ -1,0 +1,203 @@
+"""Before any training work: check the dataset, decide what --resume means, resolve the config, pick the run folder.
+
+Every check that can fail on the user's input happens here, so a bad dataset or a snapshot that does not fit
+is one clear error before a network is built or a file is written.
+
+--resume semantics:
+- `latest`: the newest snapshot of the newest run in --outdir that trained on this dataset (a new run if none);
+- a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
+  optimiser moments, ADA p, RNG) up to --kimg in total;
+- anything else (NVIDIA .pkl, an export, a snapshot of another run): transfer learning, a new run starting from
+  those weights with counters at zero.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from engine.errors import UserError
+from engine.train import presets, runs
+from engine.train.options import TrainConfig, TrainOptions
+
+
+def dataset_facts(options: TrainOptions):
+    """Open the dataset once -> {'path', 'name', 'resolution', 'channels', 'label_dim', 'size'}."""
+    from engine.data.dataset import ImageDataset
+
+    if not options.data:
+        raise UserError("--data is required: a dataset zip or folder made by `python -m engine prepare`")
+    ds = ImageDataset(options.data, use_labels=True, max_size=options.subset, xflip=False,
+                      random_seed=options.seed)
+    try:
+        facts = {"path": str(Path(options.data).expanduser().resolve()), "name": ds.name,
+                 "resolution": int(ds.resolution), "channels": int(ds.num_channels),
+                 "label_dim": int(ds.label_dim), "size": len(ds) * (2 if options.mirror else 1)}
+    finally:
+        ds.close()
+    if facts["size"] < 1:
+        raise UserError(f"dataset {options.data!r} holds no images")
+    return facts
+
+
+def pick_device(options: TrainOptions):
+    want = (options.device or "auto").lower()
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA GPU")
+    if want not in ("cpu", "cuda"):
+        raise UserError(f"--device {options.device!r}: choose cpu, cuda or auto")
+    return want
+
+
+def _same_dataset(a: dict, b: dict):
+    if not a or not b:
+        return False
+    if a.get("path") and b.get("path") and Path(a["path"]) == Path(b["path"]):
+        return True
+    return (a.get("name") == b.get("name") and a.get("resolution") == b.get("resolution")
+            and a.get("channels") == b.get("channels"))
+
+
+def _check_fits(kwargs, facts, cond, where):
+    """The network described by G kwargs must match the dataset's resolution, channels and labels."""
+    res, ch = int(kwargs.get("img_resolution", -1)), int(kwargs.get("img_channels", -1))
+    if res != facts["resolution"] or ch != facts["channels"]:
+        raise UserError(f"{where} is a {res}x{res} network with {ch} channel(s) but dataset {facts['path']!r} "
+                        f"has {facts['resolution']}x{facts['resolution']} images with {facts['channels']} "
+                        f"channel(s); prepare the dataset at {res}x{res} or train a new network")
+    c_dim = int(kwargs.get("c_dim", 0) or 0)
+    want = facts["label_dim"] if cond else 0
+    if c_dim != want:
+        if c_dim and not facts["label_dim"]:
+            raise UserError(f"{where} is conditional on {c_dim} labels but dataset {facts['path']!r} has no "
+                            f"labels (dataset.json)")
+        raise UserError(f"{where} expects {c_dim} label dimension(s) but the dataset gives {want} "
+                        f"(labels: {facts['label_dim']}, --cond {'on' if cond else 'off'})")
+
+
+def resolve_resume(options: TrainOptions, facts):
+    """-> (mode, snapshot path or None, snapshot dict or None); mode None | 'continue' | 'transfer'."""
+    from engine.checkpoint import is_snapshot, load_snapshot
+
+    if not options.resume:
+        return None, None, None
+    path = options.resume
+    if path == "latest":
+        found = runs.find_resume_latest(options.outdir, facts["path"])
+        if found is None:
+            print(f"--resume latest: no snapshot of a run on {facts['path']} in {options.outdir}; "
+                  f"starting a new run", flush=True)
+            return None, None, None
+        path = found
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"--resume {options.resume!r}: no such file")
+    snap = None
+    if path.suffix == ".pt":
+        try:
+            snap = load_snapshot(path)
+        except UserError:
+            snap = None  # not ours: let load_network try (it gives the precise error)
+    if snap is not None and is_snapshot(snap):
+        full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
+        in_run = (path.parent / "training_options.json").exists()
+        if full and in_run and _same_dataset(snap.get("dataset") or {}, facts):
+            return "continue", path, snap
+    return "transfer", path, snap
+
+
+def _transfer_kwargs(cfg: TrainConfig, path, facts, options):
+    """Network shapes for transfer learning come from the source network."""
+    from engine.checkpoint import load_network
+
+    src = load_network(path, device="cpu")
+    G_src = src["G_ema"]
+    kw = dict(G_src.init_kwargs)
+    if int(kw["img_resolution"]) != facts["resolution"] or int(kw["img_channels"]) != facts["channels"]:
+        raise UserError(f"--resume {path}: the network makes {kw['img_resolution']}x{kw['img_resolution']} "
+                        f"images with {kw['img_channels']} channel(s), the dataset has "
+                        f"{facts['resolution']}x{facts['resolution']} with {facts['channels']}; prepare the "
+                        f"dataset at the network's resolution")
+    fp16 = cfg.precision == "fp16"
+    kw["c_dim"] = cfg.G_kwargs["c_dim"]
+    kw["num_fp16_res"] = 4 if fp16 else 0
+    kw["conv_clamp"] = 256 if fp16 else None
+    cfg.G_kwargs = kw
+    if src["D"] is not None:
+        dkw = dict(src["D"].init_kwargs)
+    else:
+        dkw = dict(cfg.D_kwargs)
+        dkw["channel_base"] = kw.get("channel_base", dkw["channel_base"])
+        dkw["channel_max"] = kw.get("channel_max", dkw["channel_max"])
+    dkw["c_dim"] = cfg.D_kwargs["c_dim"]
+    dkw["num_fp16_res"] = 4 if fp16 else 0
+    dkw["conv_clamp"] = 256 if fp16 else None
+    dkw["block_kwargs"] = dict(dkw.get("block_kwargs") or {}, freeze_layers=int(options.freezed or 0))
+    dkw["epilogue_kwargs"] = dict(dkw.get("epilogue_kwargs") or {},
+                                  mbstd_group_size=cfg.D_kwargs["epilogue_kwargs"]["mbstd_group_size"])
+    cfg.D_kwargs = dkw
+
+
+def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True) -> TrainConfig:
+    """Validate everything and resolve the config; with create_dir, make (or reuse) the run folder."""
+    if not options.outdir:
+        raise UserError("--outdir is required: the folder that holds the runs")
+    device = pick_device(options)
+    if device == "cuda" and world_size > torch.cuda.device_count():
+        raise UserError(f"{world_size} processes asked for but only {torch.cuda.device_count()} GPU(s) are "
+                        f"visible; lower --gpus")
+    facts = dataset_facts(options)
+    if options.metrics:
+        try:
+            from engine.metrics import parse_metric
+        except ImportError:
+            parse_metric = None
+        if parse_metric is not None:
+            for name in options.metrics:
+                if name and name != "none":
+                    parse_metric(name)
+
+    mode, path, snap = resolve_resume(options, facts)
+    if mode == "continue":
+        saved = TrainConfig.from_dict(snap["options"])
+        _check_fits(snap["G"]["kwargs"], facts, saved.cond, f"snapshot {path}")
+        cfg = dataclasses.replace(saved)
+        cfg.data = facts["path"]
+        cfg.dataset = dict(facts)
+        cfg.run_dir = str(path.parent)
+        cfg.resume = str(path)
+        cfg.resume_mode = "continue"
+        cfg.device = device
+        cfg.num_gpus = world_size
+        if options.kimg is not None:
+            cfg.total_kimg = float(options.kimg)
+        for name in ("snap", "tick", "workers", "progress", "max_steps"):
+            value = getattr(options, name)
+            if value is not None:
+                setattr(cfg, {"tick": "kimg_per_tick"}.get(name, name), value)
+        if options.snap is not None:
+            cfg.image_snap = int(options.snap)
+        if options.metrics:
+            cfg.metrics = [m for m in options.metrics if m and m != "none"]
+        if cfg.batch_size % world_size != 0:
+            raise UserError(f"the run's batch {cfg.batch_size} does not split over {world_size} processes")
+        cfg.batch_gpu = int(options.batch_gpu or cfg.batch_size // world_size)
+        if cfg.batch_size % (cfg.batch_gpu * world_size) != 0:
+            raise UserError(f"the run's batch {cfg.batch_size} must be a multiple of --batch-gpu {cfg.batch_gpu} "
+                            f"x {world_size} processes")
+        if device != "cuda":
+            cfg.precision = "fp32"
+        return cfg
+
+    cfg = presets.resolve(options, facts, world_size, device)
+    if mode == "transfer":
+        cfg.resume = str(path)
+        cfg.resume_mode = "transfer"
+        cfg.ada_kimg = 100.0  # let p react faster to a small dataset on top of a trained network
+        _transfer_kwargs(cfg, path, facts, options)
+        _check_fits(cfg.G_kwargs, facts, cfg.cond, f"--resume {path}")
+    if create_dir:
+        cfg.run_dir = str(runs.next_run_dir(options.outdir, options.desc or presets.describe(cfg)))
+    return cfg

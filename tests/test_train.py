@@ -1,0 +1,292 @@
+"""The trainer end to end on tiny networks: run folder, exact resume, stop signals, kill -9, NaN, transfer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import UserError
+from engine.train import runs
+from engine.train.launch import train
+from test_train_helpers import make_dataset, tensors_equal, tiny_options
+
+ROOT = Path(__file__).resolve().parents[1]
+NVIDIA_KEYS = ["Progress/tick", "Progress/kimg", "Progress/augment", "Timing/total_sec", "Timing/sec_per_tick",
+               "Timing/sec_per_kimg", "Timing/maintenance_sec", "Timing/total_hours", "Timing/total_days",
+               "Resources/cpu_mem_gb", "Resources/peak_gpu_mem_gb", "Loss/scores/real", "Loss/scores/fake",
+               "Loss/signs/real", "Loss/signs/fake", "Loss/G/loss", "Loss/G/reg", "Loss/pl_penalty", "Loss/D/loss",
+               "Loss/D/reg", "Loss/r1_penalty"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "blobs", n=16, res=16)
+
+
+def only_run(outdir):
+    found = runs.list_runs(outdir)
+    assert len(found) == 1, found
+    return Path(found[0]["path"])
+
+
+def test_tiny_run_end_to_end(data, tmp_path):
+    from engine.checkpoint import load_network
+
+    assert train(tiny_options(data, tmp_path, kimg=0.012, p=0.2)) == 0
+    run = only_run(tmp_path)
+    assert run.name.startswith("00000-blobs-tiny")
+    names = {p.name for p in run.iterdir()}
+    for f in ("training_options.json", "log.txt", "stats.jsonl", "status.json", "reals.png", "fakes_init.png",
+              "fakes000000.png", "network-snapshot-000000.pt"):
+        assert f in names, f
+    status = runs.read_status(run)
+    assert status["state"] == "finished" and status["kimg"] == pytest.approx(0.012)
+    assert status["snapshot"] == "network-snapshot-000000.pt" and not status["alive"]
+    stats = runs.read_stats(run)
+    assert [s["Progress/tick"]["mean"] for s in stats] == list(range(len(stats)))
+    assert stats[-1]["Progress/kimg"]["mean"] == pytest.approx(0.012)
+    assert stats[0]["Progress/augment"]["mean"] == pytest.approx(0.2)
+    for key in NVIDIA_KEYS:
+        assert key in stats[0] and set(stats[0][key]) == {"num", "mean", "std"}, key
+    assert stats[0]["Loss/G/loss"]["num"] == 4  # one value per sample of the batch
+    options = json.loads((run / "training_options.json").read_text())
+    assert options["batch_size"] == 4 and options["total_kimg"] == 0.012
+    with Image.open(run / "fakes000000.png") as im:
+        assert im.size[0] <= 1024 and im.size[0] % 16 == 0 and im.size[0] >= 64
+    log = (run / "log.txt").read_text()
+    assert "tick 0" in log and "finished" in log
+    net = load_network(run / "network-snapshot-000000.pt")
+    assert net["G_ema"].img_resolution == 16 and net["D"] is not None
+    assert net["progress"]["cur_nimg"] == 12
+
+
+def _final_state(run):
+    from engine.checkpoint import load_snapshot
+
+    return load_snapshot(runs.latest_snapshot(run))
+
+
+def test_exact_resume_gives_identical_weights(data, tmp_path):
+    # Straight: 4 steps. Interrupted: 2 steps, stop (as on SIGTERM), resume, 2 steps. Both with ADA moving p,
+    # style mixing, random noise, lazy R1 and path length: every RNG stream and counter must carry over.
+    common = dict(kimg=0.016, snap=100, p=0.3, target=0.0)
+    assert train(tiny_options(data, tmp_path / "a", **common)) == 0
+    assert train(tiny_options(data, tmp_path / "b", max_steps=2, **common)) == 0
+    run_b = only_run(tmp_path / "b")
+    assert runs.read_status(run_b)["state"] == "stopped"
+    assert train(tiny_options(data, tmp_path / "b", resume=str(runs.latest_snapshot(run_b)), **common)) == 0
+    assert only_run(tmp_path / "b") == run_b  # same run folder
+
+    a, b = _final_state(only_run(tmp_path / "a")), _final_state(run_b)
+    for net in ("G", "D", "G_ema"):
+        assert tensors_equal(a[net]["state"], b[net]["state"]) == [], net
+    for k in ("cur_nimg", "batch_idx", "pl_mean"):
+        assert a["progress"][k] == b["progress"][k], k
+    assert a["augment"]["p"] == b["augment"]["p"] and a["augment"]["p"] > 0.3
+    for name in ("G", "D"):
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        for idx in sa:
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(sa[idx][key], sb[idx][key])
+    kimgs = [s["Progress/kimg"]["mean"] for s in runs.read_stats(run_b)]
+    assert kimgs == sorted(kimgs) and kimgs[-1] == pytest.approx(0.016)
+    assert runs.read_status(run_b)["state"] == "finished"
+
+
+def _start(args, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "engine", "train", *args], cwd=str(ROOT), env=env,
+                            stdout=open(tmp_path / "out.txt", "w"), stderr=subprocess.STDOUT)
+
+
+def _cli_args(data, outdir, *extra):
+    return ["--data", str(data), "--outdir", str(outdir), "--cfg", "tiny", "--batch", "4", "--cbase", "256",
+            "--cmax", "16", "--map", "1", "--workers", "0", "--seed", "1", "--progress", "0", *extra]
+
+
+def _wait_for(pred, proc, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return pred()
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path):
+    proc = _start(_cli_args(data, tmp_path / "runs", "--kimg", "100", "--tick", "0.004", "--snap", "1000"), tmp_path)
+    try:
+        def ticking():
+            found = runs.list_runs(tmp_path / "runs")
+            return bool(found) and len(runs.read_stats(found[0]["path"])) >= 2
+        assert _wait_for(ticking, proc), (tmp_path / "out.txt").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run = only_run(tmp_path / "runs")
+    status = runs.read_status(run)
+    assert status["state"] == "stopped" and status["snapshot"]
+    from engine.checkpoint import load_snapshot
+
+    snap = load_snapshot(run / status["snapshot"])
+    assert snap["progress"]["cur_nimg"] == round(status["kimg"] * 1000)
+    assert "stop requested" in (run / "log.txt").read_text()
+
+
+def test_kill9_leaves_a_loadable_snapshot_and_resume_latest_continues(data, tmp_path):
+    from engine.checkpoint import load_snapshot
+
+    outdir = tmp_path / "runs"
+    proc = _start(_cli_args(data, outdir, "--kimg", "100", "--tick", "0.004", "--snap", "2"), tmp_path)
+    try:
+        def two_snapshots_and_more():
+            found = runs.list_runs(outdir)
+            return bool(found) and len(runs.read_stats(found[0]["path"])) >= 4
+        assert _wait_for(two_snapshots_and_more, proc), (tmp_path / "out.txt").read_text()
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    run = only_run(outdir)
+    with open(run / "stats.jsonl", "a") as f:
+        f.write('{"Progress/tick": {"num": 1, "me')  # a line torn by the kill
+    stats = runs.read_stats(run)
+    assert len(stats) >= 4
+    snap_path = runs.latest_snapshot(run)
+    snap = load_snapshot(snap_path)
+    kimg = snap["progress"]["cur_nimg"] / 1000
+    assert runs.read_status(run)["state"] == "running" and not runs.read_status(run)["alive"]
+
+    assert train(tiny_options(data, outdir, cbase=256, cmax=16, map=1, seed=1, resume="latest",
+                              kimg=kimg + 0.008)) == 0
+    assert only_run(outdir) == run
+    status = runs.read_status(run)
+    assert status["state"] == "finished" and status["kimg"] == pytest.approx(kimg + 0.008)
+    kimgs = [s["Progress/kimg"]["mean"] for s in runs.read_stats(run)]
+    assert kimgs == sorted(kimgs)  # ticks logged after the snapshot were dropped, the curve continues
+    assert "resumed" in (run / "log.txt").read_text()
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_snapshot(data, tmp_path, monkeypatch):
+    from engine.checkpoint import load_snapshot
+    from engine.train.loss import StyleGAN2Loss
+
+    original = StyleGAN2Loss.run_D
+    calls = {"n": 0}
+
+    def run_D(self, img, c, update_emas=False):
+        calls["n"] += 1
+        out = original(self, img, c, update_emas)
+        return out * float("nan") if calls["n"] > 12 else out
+
+    monkeypatch.setattr(StyleGAN2Loss, "run_D", run_D)
+    assert train(tiny_options(data, tmp_path, kimg=1, tick=0.004)) == 1
+    run = only_run(tmp_path)
+    status = runs.read_status(run)
+    assert status["state"] == "failed" and "NaN/Inf" in status["message"]
+    assert "failed: a loss or gradient became NaN/Inf" in (run / "log.txt").read_text()
+    snap = load_snapshot(run / "network-snapshot-000000.pt")
+    for t in snap["G_ema"]["state"].values():
+        assert torch.isfinite(t).all()
+
+
+def test_resume_on_a_dataset_that_no_longer_fits_is_a_clear_error(tmp_path):
+    data = make_dataset(tmp_path / "faces", n=8, res=16)
+    assert train(tiny_options(data, tmp_path / "runs", kimg=0.004)) == 0
+    run = only_run(tmp_path / "runs")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    import shutil
+
+    shutil.rmtree(data)
+    make_dataset(data, n=8, res=8)  # the same dataset prepared again at another resolution
+    with pytest.raises(UserError, match="16x16 network"):
+        train(tiny_options(data, tmp_path / "runs", kimg=0.008, resume="latest"))
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert len(runs.list_runs(tmp_path / "runs")) == 1
+
+
+def test_transfer_learning_from_an_nvidia_pickle(data, tmp_path):
+    from nvidia_fixtures import write_nvidia_pytorch_pkl
+
+    from engine.nets import Discriminator, Generator
+
+    torch.manual_seed(5)
+    kw = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=1),
+              channel_base=256, channel_max=16)
+    G, G_ema = Generator(**kw), Generator(**kw)
+    D = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16)
+    pkl = tmp_path / "network-snapshot-000100.pkl"
+    write_nvidia_pytorch_pkl(pkl, G=G, D=D, G_ema=G_ema, flavor="ada", augment_p=0.4)
+
+    assert train(tiny_options(data, tmp_path / "runs", resume=str(pkl), freezed=1, kimg=0.008, cbase=512,
+                              cmax=32)) == 0
+    run = only_run(tmp_path / "runs")
+    assert run.name.endswith("-resume")
+    stats = runs.read_stats(run)
+    assert stats[0]["Progress/kimg"]["mean"] == pytest.approx(0.004)  # counters from zero
+    snap = _final_state(run)
+    assert snap["progress"]["cur_nimg"] == 8
+    assert snap["G"]["kwargs"]["channel_max"] == 16  # the source network's shape, not the preset's
+    # The first D layer (fromrgb of the top block) is frozen: still the pickle's weights after training.
+    assert torch.equal(snap["D"]["state"]["b16.fromrgb.weight"], D.state_dict()["b16.fromrgb.weight"])
+    assert not torch.equal(snap["D"]["state"]["b4.out.weight"], D.state_dict()["b4.out.weight"])
+    assert "transfer learning from" in (run / "log.txt").read_text()
+
+
+def test_metrics_are_written_at_each_snapshot(data, tmp_path, monkeypatch):
+    import engine.metrics
+
+    seen = []
+
+    def fake_compute_many(names, G, dataset_path, device, **kw):
+        seen.append((tuple(names), G.img_resolution, str(dataset_path)))
+        return [{"results": {n: 1.5}, "metric": n, "total_time": 0.1, "total_time_str": "0s", "num_gpus": 1}
+                for n in names]
+
+    monkeypatch.setattr(engine.metrics, "compute_many", fake_compute_many)
+    assert train(tiny_options(data, tmp_path, kimg=0.008, metrics=["fid10"], p=0.9, target=0.0)) == 0
+    run = only_run(tmp_path)
+    assert "warning: augmentation probability p has stayed above 0.8" in (run / "log.txt").read_text()
+    records = runs.read_metrics(run)["fid10"]
+    assert len(records) == len(seen) >= 2 and seen[0][:2] == (("fid10",), 16)
+    rec = records[-1]
+    for key in ("results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"):
+        assert key in rec
+    assert rec["snapshot_pkl"] == "network-snapshot-000000.pt"
+
+
+def test_bad_options_are_user_errors(data, tmp_path):
+    with pytest.raises(UserError, match="--cfg"):
+        train(tiny_options(data, tmp_path, cfg="huge"))
+    with pytest.raises(UserError, match="labels"):
+        train(tiny_options(data, tmp_path, cond=True))
+    with pytest.raises(UserError, match="does not exist"):
+        train(tiny_options(tmp_path / "nope", tmp_path))
+    with pytest.raises(UserError, match="batch-gpu"):
+        train(tiny_options(data, tmp_path, batch=4, batch_gpu=3))
+    with pytest.raises(UserError, match="no such file"):
+        train(tiny_options(data, tmp_path, resume=str(tmp_path / "missing.pt")))
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_cli_dry_run_and_error_line(data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "engine", "train", "--data", str(data), "--outdir", str(tmp_path),
+                          "--cfg", "paper256", "--gamma", "3", "--tick", "0.05", "--dry-run"], cwd=str(ROOT),
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads(out.stdout)
+    assert cfg["batch_size"] == 64 and cfg["r1_gamma"] == 3 and cfg["kimg_per_tick"] == 0.05
+    out = subprocess.run([sys.executable, "-m", "engine", "train", "--data", str(tmp_path / "none"), "--outdir",
+                          str(tmp_path)], cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr
