@@ -1,0 +1,156 @@
+"""StyleGAN Studio dashboard: python app.py [--host 127.0.0.1] [--port 7860] [--workdir ./studio] [--share --auth u:p]
+
+Prepare datasets, train, watch and generate from the browser. Everything is kept in the workdir: datasets/,
+runs/, outputs/, uploads/. Training runs as `python -m engine train` subprocesses that outlive the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def build_app(studio, sup=None):
+    """The Gradio Blocks of the dashboard for `studio` (a ui.common.Studio)."""
+    import gradio as gr
+
+    from ui import data_tab, generate_tab, guide, system_tab, train_tab
+    from ui.supervisor import Supervisor
+
+    sup = sup or Supervisor(studio.workdir)
+    speed = ""
+    for v in sup.runs():
+        if v.sec_per_kimg:
+            speed = f"Your run {v.name} went at {float(v.sec_per_kimg):.1f} s per kimg."
+            break
+    with gr.Blocks(title="StyleGAN Studio", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="studio-header"):
+            gr.HTML("<div class='studio-title'><img src='/gradio_api/file=" + str(ROOT / "assets" / "logo.svg") +
+                    "' alt='' class='studio-logo'/><span>StyleGAN Studio</span></div>"
+                    + ("<span class='studio-badge'>shared</span>" if studio.shared else ""))
+        with gr.Accordion("Getting started", open=not guide.has_history(studio), elem_id="guide"):
+            gr.Markdown(guide.guide_markdown(studio, speed))
+        with gr.Tabs(selected="generate", elem_id="tabs") as tabs:
+            with gr.Tab("Data", id="data", elem_id="tab-data") as t_data:
+                data = data_tab.build(studio)
+            with gr.Tab("Train", id="train", elem_id="tab-train") as t_train:
+                train = train_tab.build(studio, sup)
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate") as t_gen:
+                gen = generate_tab.build(studio)
+            with gr.Tab("System", id="system", elem_id="tab-system") as t_sys:
+                system = system_tab.build(studio, sup)
+        # Lists that another tab may have changed are refreshed when their tab is opened.
+        t_data.select(data["refresh"], None, data["refresh_outputs"], api_name=False)
+        t_train.select(train["refresh"], None, train["outputs"], api_name=False).then(
+            train["watch"], train["watch_inputs"], train["watch_outputs"], api_name=False)
+        t_gen.select(lambda cur: _keep_network(gen, studio, cur), gen["network"], gen["load_outputs"],
+                     api_name=False)
+        t_sys.select(system["refresh"], None, system["markdown"], api_name=False)
+        demo.load(gen["on_load"], None, gen["load_outputs"], api_name=False).then(
+            gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False)
+    demo._studio_tabs = tabs
+    return demo
+
+
+def _keep_network(gen, studio, current):
+    import gradio as gr
+
+    from ui.generate_tab import empty_update, network_choices
+
+    ch = network_choices(studio)
+    value = current if current in ch else next(iter(ch), None)
+    return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python app.py", description="StyleGAN Studio dashboard")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); another address without "
+                        "--auth runs in shared mode (no server folders, nothing outside the workdir)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--workdir", default="./studio", help="folder for datasets, runs and outputs (default ./studio)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs --auth)")
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--share-no-auth", action="store_true", help="allow --share without a login (anyone can use it)")
+    p.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted, in MB (default 500)")
+    args = p.parse_args(argv)
+    if args.share and not args.auth and not args.share_no_auth:
+        p.error("--share makes the dashboard public: add --auth user:pass (or --share-no-auth if you really mean it)")
+    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]
+                                  or not args.auth.split(":", 1)[1]):
+        p.error("--auth takes user:password, both non-empty")
+    if args.max_upload_mb < 1:
+        p.error("--max-upload-mb must be at least 1")
+    if not 0 < args.port < 65536:
+        p.error(f"--port {args.port} is not a port number (1-65535)")
+    return args
+
+
+def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
+    """Build the dashboard for `studio` and start serving it without blocking; returns the Blocks."""
+    from ui.common import ASSETS
+
+    demo = build_app(studio)
+    css = (ASSETS / "style.css").read_text("utf-8") if (ASSETS / "style.css").is_file() else None
+    # Several visitors generating at once wait their turn instead of competing for one device.
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.launch(server_name=host, server_port=port, auth=auth, share=False, css=css,
+                allowed_paths=[str(studio.workdir), str(ASSETS)], max_file_size=f"{studio.max_upload_mb}mb",
+                show_error=False, prevent_thread_lock=True, favicon_path=_favicon(), quiet=quiet)
+    return demo
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from ui.common import Studio
+
+    # A visitor of a public link is a stranger: the same rules apply on a LAN address without a login.
+    exposed = args.share or (args.host not in ("127.0.0.1", "localhost", "::1") and not args.auth)
+    studio = Studio(Path(args.workdir), shared=exposed, max_upload_mb=args.max_upload_mb)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo = serve(studio, args.host, args.port, auth)
+    print(f"StyleGAN Studio on http://{_show_host(args.host)}:{demo.server_port}  (workdir {studio.workdir})",
+          flush=True)
+    if args.share:
+        _open_tunnel(demo)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _show_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def _favicon():
+    p = ROOT / "assets" / "logo.svg"
+    return str(p) if p.is_file() else None
+
+
+def _open_tunnel(demo) -> None:
+    """Make the public link; without internet say so in one line and keep serving locally."""
+    from gradio import networking
+
+    try:
+        url = networking.setup_tunnel(local_host=demo.server_name, local_port=demo.server_port,
+                                      share_token=demo.share_token, share_server_address=None,
+                                      share_server_tls_certificate=None)
+        demo.share_url = url
+        print(f"Public link: {url}  (login required)" if demo.auth else f"Public link: {url}", flush=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"Could not make the public link ({reason}); the dashboard keeps serving locally.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

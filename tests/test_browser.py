@@ -1,0 +1,201 @@
+"""The whole journey in a real browser (Debian's Chromium driven by Playwright), with a screenshot of each tab.
+
+prepare the emoji set at 16 px -> train the tiny preset for a few ticks (chart and grid appear) -> stop ->
+resume -> stop -> generate a grid and a GIF from the new snapshot. Screenshots go to docs/screenshots/.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - reported as a skip below
+    sync_playwright = None
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if sync_playwright is None:
+        pytest.skip("playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    work = Path(tempfile.mkdtemp(prefix="studio-browser-test-"))
+    port = _free_port()
+    log = open(work / "app.log", "wb")
+    proc = subprocess.Popen([sys.executable, "app.py", "--workdir", str(work / "studio"), "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError("app.py exited: " + (work / "app.log").read_text()[-2000:])
+            time.sleep(0.5)
+    else:
+        raise AssertionError("app.py did not answer in 90 s")
+    yield url, work
+    from ui.supervisor import Supervisor
+
+    try:
+        Supervisor(work / "studio").kill(None)
+        for v in Supervisor(work / "studio").live():
+            Supervisor(work / "studio").kill(v.run_dir)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    print((work / "app.log").read_text(errors="replace")[-4000:])  # shown by pytest when the test failed
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        pg.goto(url)
+        pg.wait_for_selector("#tabs")
+        yield pg
+        browser.close()
+
+
+def field(pg, elem_id):
+    return pg.locator(f"#{elem_id}").locator("input, textarea").first
+
+
+def choose(pg, elem_id, value):
+    box = field(pg, elem_id)
+    box.click()
+    pg.get_by_role("option", name=value, exact=True).click()
+    expect(box).to_have_value(value)
+
+
+def no_error(pg):
+    toasts = pg.locator(".toast-body.error")
+    if toasts.count():
+        raise AssertionError("the page shows an error: " + toasts.first.inner_text())
+
+
+def wait_text(pg, selector, text, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        no_error(pg)
+        if text in pg.locator(selector).inner_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{selector} never showed {text!r}; it shows {pg.locator(selector).inner_text()[:300]!r}")
+
+
+def shot(pg, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    hide = pg.add_style_tag(content=".toast-wrap { display: none !important; }")  # notices would cover the page
+    pg.wait_for_timeout(600)
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    hide.evaluate("e => e.remove()")
+
+
+def test_journey(page, server):
+    pg = page
+    _, work = server
+    studio = work / "studio"
+
+    # Opens on the Generate tab; with no network yet it says how to make one.
+    expect(pg.get_by_role("tab", name="Generate", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(pg.locator("#generate-btn")).to_be_visible()
+
+    # Data: the emoji set at 16 px, a few hundred images.
+    pg.get_by_role("tab", name="Data", exact=True).click()
+    expect(pg.locator("#data-empty")).to_contain_text("No datasets yet")
+    field(pg, "data-name").fill("emoji16")
+    choose(pg, "data-resolution", "16")
+    field(pg, "data-max-images").fill("300")
+    pg.locator("#prepare-btn").click()
+    wait_text(pg, "#data-summary", "Prepared", 120)
+    expect(pg.locator("#data-summary")).to_contain_text("300 images")
+    assert (studio / "datasets" / "emoji16.zip").is_file()
+    expect(pg.locator("#data-preview img")).to_be_visible()
+    expect(pg.locator("#datasets-table")).to_contain_text("emoji16.zip")
+    shot(pg, "data")
+    pg.get_by_text("Getting started").click()  # fold the guide: the other screenshots show the tab itself
+
+    # Train: tiny preset, short ticks so the page has something to show within seconds.
+    pg.get_by_role("tab", name="Train", exact=True).click()
+    expect(field(pg, "train-dataset")).to_have_value("emoji16.zip")
+    field(pg, "train-kimg").fill("1000")
+    pg.get_by_text("More settings").click()
+    field(pg, "train-batch").fill("8")
+    field(pg, "train-tick").fill("0.032")
+    field(pg, "train-snap").fill("2")
+    pg.locator("#train-start-btn").click()
+    wait_text(pg, "#train-status", "RUNNING", 120)
+    # The chart and the newest grid appear after the first ticks, refreshed by the page itself.
+    expect(pg.locator("#train-plot .js-plotly-plot")).to_be_visible(timeout=120_000)
+    expect(pg.locator("#fakes-img img")).to_be_visible(timeout=120_000)
+    wait_text(pg, "#train-status", "s/kimg", 120)
+    wait_text(pg, "#fakes-slider", "kimg", 120)
+    assert "tick" in field(pg, "train-log").input_value()
+    shot(pg, "train")
+
+    pg.locator("#train-stop-btn").click()
+    wait_text(pg, "#train-status", "STOPPED", 120)
+    run_dir = next((studio / "runs").iterdir())
+    snaps_after_stop = sorted(run_dir.glob("network-snapshot-*.pt"))
+    assert snaps_after_stop
+
+    pg.locator("#train-resume-btn").click()
+    wait_text(pg, "#train-status", "RUNNING", 120)
+    pg.wait_for_timeout(3000)
+    pg.locator("#train-stop-btn").click()
+    wait_text(pg, "#train-status", "STOPPED", 120)
+    expect(pg.locator("#train-runs")).to_contain_text("stopped")
+
+    # Generate from the new snapshot: a grid, then a GIF.
+    pg.get_by_role("tab", name="Generate", exact=True).click()
+    pg.locator("#generate-refresh").click()
+    snap = sorted(run_dir.glob("network-snapshot-*.pt"))[-1]
+    choose(pg, "generate-network", f"{run_dir.name} / {snap.name}")
+    wait_text(pg, "#generate-info", "16 px RGB", 30)
+    field(pg, "generate-seeds").fill("0-7")
+    pg.locator("#generate-btn").click()
+    expect(pg.locator("#generate-gallery img")).to_have_count(8, timeout=60_000)
+    expect(pg.locator("#generate-grid img")).to_be_visible()
+    pg.locator("#video-btn").click()
+    gif = pg.locator("#video-out img")
+    expect(gif).to_be_visible(timeout=120_000)
+    assert ".gif" in (gif.get_attribute("src") or "")
+    no_error(pg)
+    outputs = list((studio / "outputs").rglob("*.gif"))
+    assert outputs and outputs[0].stat().st_size > 0
+    shot(pg, "generate")
+
+    pg.get_by_role("tab", name="System", exact=True).click()
+    wait_text(pg, "#system-info", "bias_act", 30)
+    shot(pg, "system")

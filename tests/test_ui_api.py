@@ -1,0 +1,395 @@
+"""Every dashboard action through gradio_client, against a real server on 127.0.0.1 with a temporary workdir."""
+
+import json
+import shutil
+import socket
+import tempfile
+import time
+import zipfile
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+
+import pytest
+import torch
+from gradio_client import Client, handle_file
+
+import app as studio_app
+from ui.common import Studio
+from ui.data_tab import SRC_EMOJI, SRC_FOLDER, SRC_UPLOAD
+
+LABELS_AUTO = "Automatic (the source's own, if any)"
+TINY_TRAIN = dict(batch=8, snap=1, tick=0.032)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_generator(c_dim=0, res=16):
+    from engine.nets import Generator
+
+    torch.manual_seed(0)
+    return Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=res, img_channels=3,
+                     mapping_kwargs={"num_layers": 2}, channel_base=256, channel_max=16).eval()
+
+
+def save_network(G, path):
+    from engine.checkpoint import pack_network, save_snapshot
+
+    save_snapshot(path, {"format": "stylegan-studio", "version": 1, "G_ema": pack_network(G)})
+
+
+def start(work, shared=False, max_upload_mb=5):
+    studio = Studio(work, shared=shared, max_upload_mb=max_upload_mb)
+    demo = studio_app.serve(studio, "127.0.0.1", free_port())
+    client = Client(demo.local_url, verbose=False, download_files=str(work / "_client"))
+    return studio, demo, client
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    # Our own temporary folder: pytest prunes old basetemp folders of other runs on this machine, which may
+    # happen while a training of this file still writes into one.
+    d = Path(tempfile.mkdtemp(prefix="studio-ui-test-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def served(scratch):
+    work = scratch / "studio"
+    net_dir = work / "uploads" / "networks"
+    net_dir.mkdir(parents=True)
+    save_network(tiny_generator(), net_dir / "tiny16.pt")
+    save_network(tiny_generator(c_dim=3), net_dir / "cond16.pt")
+    studio, demo, client = start(work)
+    yield studio, client
+    demo.close()
+    from ui.supervisor import Supervisor
+
+    Supervisor(work).kill(None)  # never leave a training behind, started or starting
+    for v in Supervisor(work).live():
+        Supervisor(work).kill(v.run_dir)
+
+
+def predict(client, api, *args):
+    """The outputs of one call, with gr.update(...) dicts reduced to their value."""
+    out = client.predict(*args, api_name=api)
+    if isinstance(out, tuple):
+        return tuple(_value(o) for o in out)
+    return _value(out)
+
+
+def item_path(item):
+    """The file of a gallery item as gradio_client returns it."""
+    img = item["image"]
+    return img if isinstance(img, str) else img["path"]
+
+
+def _value(o):
+    return o.get("value") if isinstance(o, dict) and o.get("__type__") == "update" else o
+
+
+def prepare_args(name, res=16, max_images=48, src=SRC_EMOJI, folder=""):
+    return (src, None, folder, name, res, max_images, "center-crop", "RGB", LABELS_AUTO, False)
+
+
+def test_prepare_show_and_delete(served):
+    studio, client = served
+    preview, summary, skipped, table, pick, empty = predict(client, "/prepare", *prepare_args("emoji 16!"))
+    assert (studio.datasets_dir / "emoji-16.zip").is_file()  # the name became a safe file name
+    assert Path(preview).is_file()
+    assert "48 images" in summary and "16 px" in summary
+    assert pick == "emoji-16.zip" and empty == ""
+    rows = table["data"]
+    assert ["emoji-16.zip", 48, 16, 3] == rows[0][:4]
+
+    preview2, summary2 = predict(client, "/show_dataset", "emoji-16.zip")
+    assert Path(preview2).is_file() and "48 images" in summary2
+
+    # A dataset is never overwritten.
+    with pytest.raises(Exception, match="already exists"):
+        predict(client, "/prepare", *prepare_args("emoji-16"))
+
+    predict(client, "/prepare", *prepare_args("gone", max_images=8))
+    assert (studio.datasets_dir / "gone.zip").is_file()
+    table, pick, _ = predict(client, "/delete_dataset", "gone.zip")  # the confirm row is not an output here
+    assert not (studio.datasets_dir / "gone.zip").exists()
+    assert [r[0] for r in table["data"]] == ["emoji-16.zip"]
+    with pytest.raises(Exception, match="not found"):
+        predict(client, "/delete_dataset", "../uploads")
+
+
+def test_prepare_bad_input_is_a_message(served, tmp_path):
+    studio, client = served
+    with pytest.raises(Exception, match="folder not found"):
+        predict(client, "/prepare", *prepare_args("x", src=SRC_FOLDER, folder=str(tmp_path / "nope")))
+    with pytest.raises(Exception, match="not in the list"):  # the dropdown offers powers of two only
+        predict(client, "/prepare", *prepare_args("y", res=24))
+    with pytest.raises(Exception, match="no files uploaded"):
+        predict(client, "/prepare", *prepare_args("z", src=SRC_UPLOAD))
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    with pytest.raises(Exception, match="notes.txt|no image|nothing"):  # the engine's own one-line message
+        predict(client, "/prepare", *prepare_args("w", src=SRC_FOLDER, folder=str(tmp_path)))
+    assert list(studio.datasets_dir.glob("[xyzw].zip")) == []
+
+
+def test_generate_video_mix(served):
+    studio, client = served
+    assert predict(client, "/networks", "uploaded / tiny16.pt")[0] == "uploaded / tiny16.pt"
+    with pytest.raises(Exception, match="not found"):  # a typed path is never taken up
+        predict(client, "/network_info", "/etc/passwd")
+    info, _cls = predict(client, "/network_info", "uploaded / tiny16.pt")
+    assert "16 px RGB" in info
+
+    gallery, grid, files = predict(client, "/generate", "uploaded / tiny16.pt", "0-5", 0.7, None, "const")
+    assert len(gallery) == 6 and [g["caption"] for g in gallery] == [f"seed {i}" for i in range(6)]
+    from PIL import Image
+
+    g = Image.open(grid)
+    assert g.size == (3 * 16, 2 * 16)  # 6 images in a 3x2 grid
+    names = sorted(Path(f).name for f in files)
+    assert names == ["grid.png", "images.zip"]
+    with zipfile.ZipFile([f for f in files if f.endswith(".zip")][0]) as z:
+        assert sorted(z.namelist()) == [f"seed{i:04d}.png" for i in range(6)]
+    # Same seed, same image: seed 3 alone equals the fourth image of the batch.
+    g2, _, _ = predict(client, "/generate", "uploaded / tiny16.pt", "3", 0.7, None, "const")
+    assert Image.open(item_path(g2[0])).tobytes() == Image.open(item_path(gallery[3])).tobytes()
+
+    gif, mp4, vfile = predict(client, "/video", "uploaded / tiny16.pt", "0-2", 4, 10, "z", "slerp", True, "GIF",
+                              0.7, None, "const")
+    im = Image.open(gif)
+    assert im.format == "GIF" and im.n_frames == 12 and Path(vfile).suffix == ".gif"
+    gif, mp4, vfile = predict(client, "/video", "uploaded / tiny16.pt", "0-1", 4, 10, "w", "linear", False, "MP4",
+                              0.7, None, "const")
+    assert Path(mp4["video"]["path"] if isinstance(mp4, dict) else mp4).suffix == ".mp4"
+    assert Path(vfile).stat().st_size > 0
+
+    mix = predict(client, "/mix", "uploaded / tiny16.pt", "1,2", "3,4,5", "0-1", 1.0, "const")
+    assert Image.open(mix).size == (4 * 16, 3 * 16)  # a header row and column around 2x3 cells
+
+    seeds = predict(client, "/random_seeds")
+    assert len(seeds.split(",")) == 8 and all(s.isdigit() for s in seeds.split(","))
+
+
+def test_generate_errors_are_messages(served):
+    _, client = served
+    with pytest.raises(Exception, match="cannot read seeds"):
+        predict(client, "/generate", "uploaded / tiny16.pt", "1,x", 0.7, None, "const")
+    with pytest.raises(Exception, match="not found"):
+        predict(client, "/generate", "/etc/passwd", "1", 0.7, None, "const")
+    with pytest.raises(Exception, match="conditional"):
+        predict(client, "/generate", "uploaded / cond16.pt", "1", 0.7, None, "const")
+    with pytest.raises(Exception, match="out of range|greater than maximum"):
+        predict(client, "/generate", "uploaded / cond16.pt", "1", 0.7, 7, "const")
+    gallery, _, _ = predict(client, "/generate", "uploaded / cond16.pt", "1-2", 0.7, 2, "const")
+    assert len(gallery) == 2
+    with pytest.raises(Exception, match="at least two seeds"):
+        predict(client, "/video", "uploaded / tiny16.pt", "4", 4, 10, "z", "slerp", False, "GIF", 0.7, None,
+                "const")
+    with pytest.raises(Exception, match="cubic"):
+        predict(client, "/video", "uploaded / tiny16.pt", "1-3", 4, 10, "z", "cubic", False, "GIF", 0.7, None,
+                "const")
+
+
+def test_concurrent_generation_is_queued(served):
+    _, client = served
+    jobs = [client.submit("uploaded / tiny16.pt", f"{i * 4}-{i * 4 + 3}", 0.7, None, "const", api_name="/generate")
+            for i in range(4)]
+    wait_futures(jobs, timeout=120)
+    results = [j.result() for j in jobs]
+    assert all(len(r[0]) == 4 for r in results)
+
+
+def test_upload_network(served, tmp_path):
+    studio, client = served
+    f = tmp_path / "my net.pt"
+    save_network(tiny_generator(res=8), f)
+    choice, _ = predict(client, "/upload_network", handle_file(str(f)))
+    assert choice == "uploaded / my-net.pt"
+    assert (studio.uploads_dir / "networks" / "my-net.pt").is_file()
+    info, _ = predict(client, "/network_info", choice)
+    assert "8 px" in info
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(Exception):
+        predict(client, "/upload_network", handle_file(str(bad)))
+    assert not (studio.uploads_dir / "networks" / "evil.pkl").exists()
+
+
+def test_upload_cap(served, tmp_path):
+    studio, client = served
+    big = tmp_path / "big.pt"
+    big.write_bytes(b"\0" * (studio.max_upload_mb * 2**20 + 1024))
+    with pytest.raises(Exception):
+        predict(client, "/upload_network", handle_file(str(big)))
+    assert not (studio.uploads_dir / "networks" / "big.pt").exists()
+
+
+def test_system(served):
+    studio, client = served
+    text = predict(client, "/system")
+    assert f"torch {torch.__version__}" in text
+    assert "bias_act" in text and "upfirdn2d" in text
+    assert str(studio.workdir) in text and "free of" in text
+
+
+def test_shared_mode_reads_no_server_folder(scratch):
+    studio, demo, client = start(scratch / "shared", shared=True)
+    try:
+        with pytest.raises(Exception):
+            predict(client, "/prepare", *prepare_args("x", src=SRC_FOLDER, folder=str(Path.home())))
+        assert list(studio.datasets_dir.iterdir()) == []
+        text = predict(client, "/system")
+        assert str(studio.workdir) not in text
+        from ui.common import mask_paths
+
+        assert mask_paths(f"cannot read {studio.workdir}/datasets/x.zip") == "cannot read <studio>/datasets/x.zip"
+    finally:
+        demo.close()
+
+
+def wait_for(fn, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def train_args(ds, kimg=1000, **over):
+    o = dict(TINY_TRAIN, **over)
+    return (ds, "tiny", kimg, o["batch"], None, o["snap"], o["tick"], "ADA (adaptive)", "bgc", None, None, False,
+            False, "none", 0, "Scratch", None, None, 0, False)
+
+
+def test_train_watch_stop_resume_generate(served):
+    studio, client = served
+    if not (studio.datasets_dir / "emoji-16.zip").exists():
+        predict(client, "/prepare", *prepare_args("emoji-16"))
+    run = predict(client, "/train_start", *train_args("emoji-16.zip"))
+    assert run.startswith("00000-")
+    run_dir = studio.runs_dir / run
+
+    # The page sends back what it shows; unchanged plots and grids come back as "skip" updates.
+    shown = {"slider": 0}
+
+    def watch():
+        out = client.predict(run, shown["slider"], api_name="/train_watch")
+        for key, value in zip(("status", "plot", "fakes", "slider", "log", "runs"), out):
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                if "value" in value:
+                    shown[key] = value["value"]
+            else:
+                shown[key] = value
+        return shown
+
+    def ticked():
+        w = watch()
+        return "data-state='running'" in w["status"] and w.get("fakes") and w.get("plot") and \
+            "fakes000000" in str(w["fakes"])
+
+    wait_for(ticked, 150, "a tick with a grid")
+    status, plot, fakes, log, runs = (shown[k] for k in ("status", "plot", "fakes", "log", "runs"))
+    assert "of 1000 kimg" in status and "ETA" in status
+    fig = json.loads(plot["plot"]) if isinstance(plot, dict) else plot
+    assert any(t.get("name") == "G loss" for t in fig["data"])
+    assert Path(fakes).is_file()
+    assert runs["data"][0][0] == run and runs["data"][0][-1] == "running"
+    with pytest.raises(Exception, match="already running"):
+        predict(client, "/train_start", *train_args("emoji-16.zip"))
+
+    predict(client, "/train_stop", run)
+    wait_for(lambda: "data-state='stopped'" in watch()["status"], 120, "the stop")
+    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    assert snaps
+    with pytest.raises(Exception, match="not running"):
+        predict(client, "/train_stop", run)
+
+    run2 = predict(client, "/train_resume", run, 1000, False)
+    assert run2 == run
+    wait_for(lambda: "data-state='running'" in watch()["status"], 120, "the resume")
+    predict(client, "/train_stop", run)
+    wait_for(lambda: "data-state='stopped'" in watch()["status"], 120, "the second stop")
+
+    est = predict(client, "/estimate", "emoji-16.zip", "tiny", 100, 8)
+    assert "s per kimg" in est and f"run {run}" in est
+
+    snap_label = f"{run} / {sorted(run_dir.glob('network-snapshot-*.pt'))[-1].name}"
+    gallery, grid, _ = predict(client, "/generate", snap_label, "0-3", 1.0, None, "const")
+    assert len(gallery) == 4
+
+
+def test_estimate_by_warm_up(served):
+    # No earlier run at batch 4: the estimate times a short warm-up of exactly these settings.
+    studio, client = served
+    est = predict(client, "/estimate", "emoji-16.zip", "tiny", 50, 4)
+    assert "measured by a" in est and "s per kimg" in est and "50 kimg will take about" in est
+    assert not (studio.workdir / ".estimate").exists()  # the scratch run is gone
+
+
+def test_command_line_flags():
+    args = studio_app.parse_args([])
+    assert (args.host, args.port, args.workdir, args.share) == ("127.0.0.1", 7860, "./studio", False)
+    for bad in (["--share"], ["--share", "--auth", "nopassword"], ["--port", "0"], ["--max-upload-mb", "0"]):
+        with pytest.raises(SystemExit):
+            studio_app.parse_args(bad)
+    assert studio_app.parse_args(["--share", "--auth", "me:secret"]).auth == "me:secret"
+    assert studio_app.parse_args(["--share", "--share-no-auth"]).share
+
+
+def test_share_without_internet_keeps_serving_locally(scratch):
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--share", "--auth", "me:secret", "--port", str(port),
+                             "--workdir", str(scratch / "share")], cwd=Path(studio_app.__file__).parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "public link" in line.lower():
+                break
+        said = [ln for ln in lines if "public link" in ln.lower()]
+        assert len(said) == 1, lines  # one clear line, whichever way it went
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_demo_network_is_the_default(scratch):
+    from ui.generate_tab import DEMO_LABEL, default_network
+
+    demo_file = scratch / "demo-network.pt"
+    save_network(tiny_generator(), demo_file)
+    studio = Studio(scratch / "with-demo", demo_network=demo_file)
+    assert default_network(studio) == DEMO_LABEL
+    missing = Studio(scratch / "no-demo", demo_network=scratch / "absent.pt")
+    assert default_network(missing) is None
+    from ui.generate_tab import _empty_text
+
+    assert "demo network" in _empty_text(missing, {})  # says what is missing and how to make a network
+
+
+def test_metric_records_become_points():
+    from ui import charts
+
+    recs = [{"results": {"fid50k_full": 40.5}, "metric": "fid50k_full", "snapshot_pkl": "network-snapshot-000200.pkl"},
+            {"results": {"fid50k_full": 30.25}, "metric": "fid50k_full", "snapshot_pkl": "network-snapshot-000400.pt"}]
+    assert charts.metric_points(recs) == {"fid50k_full": ([200.0, 400.0], [40.5, 30.25])}
+    fig = charts.training_figure([{"Progress/kimg": {"mean": 200}, "Loss/D/loss": {"mean": 0.5}}],
+                                 {"fid50k_full": recs})
+    names = {t.name for t in fig.data}
+    assert {"D loss", "fid50k_full"} <= names

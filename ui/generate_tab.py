@@ -1,0 +1,332 @@
+"""Generate tab: pick a network, make a seed grid, an interpolation GIF/MP4 or a style-mixing grid."""
+
+from __future__ import annotations
+
+import random
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+
+from engine.errors import UserError
+from ui.common import Studio, friendly, safe_name
+
+MAX_SEEDS = 256
+MAX_FRAMES = 3000
+UPLOAD_FOLDER = "networks"
+DEMO_LABEL = "Demo: emoji (built in)"
+
+_cache: "OrderedDict[tuple, dict]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def network_choices(studio: Studio) -> "OrderedDict[str, Path]":
+    """{label shown in the picker: file} — the demo, each run's snapshots (newest run first), uploads.
+
+    Visitors pick labels; paths never come from the page, so nothing outside the workdir can be named.
+    """
+    out: OrderedDict[str, Path] = OrderedDict()
+    if studio.demo_network.is_file():
+        out[DEMO_LABEL] = studio.demo_network
+    if studio.runs_dir.is_dir():
+        for run in sorted((p for p in studio.runs_dir.iterdir() if p.is_dir()), reverse=True):
+            for snap in sorted(run.glob("network-snapshot-*.pt"), reverse=True):
+                out[f"{run.name} / {snap.name}"] = snap
+    up = studio.uploads_dir / UPLOAD_FOLDER
+    if up.is_dir():
+        for f in sorted(up.iterdir()):
+            if f.suffix.lower() in (".pt", ".pkl"):
+                out[f"uploaded / {f.name}"] = f
+    return out
+
+
+def default_network(studio: Studio) -> str | None:
+    choices = network_choices(studio)
+    return next(iter(choices), None)
+
+
+def load(studio: Studio, label: str) -> dict:
+    """The network behind a picker label, loaded once and kept (the three most recent) while the file is unchanged."""
+    if not label:
+        raise UserError("no network chosen: pick one, or upload a .pt / .pkl file")
+    choices = network_choices(studio)
+    path = choices.get(label)
+    if path is None:
+        raise UserError(f"network not found: {label}; press the refresh button to update the list")
+    path = studio.inside(path, "network")
+    from engine import load_network
+
+    key = (str(path), path.stat().st_mtime, str(device()))
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    net = load_network(str(path), device=device())
+    with _cache_lock:
+        _cache[key] = net
+        while len(_cache) > 3:
+            _cache.popitem(last=False)
+    return net
+
+
+def describe(net: dict, label: str) -> str:
+    G = net["G_ema"]
+    ch = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(G.img_channels, f"{G.img_channels} channels")
+    cond = f", conditional on {G.c_dim} classes" if G.c_dim else ""
+    prog = net.get("progress") or {}
+    kimg = prog.get("cur_nimg")
+    trained = ""
+    if isinstance(kimg, (int, float)) and kimg:
+        trained = f", trained {kimg / 1000:,.0f} kimg" if kimg >= 10000 else f", trained {kimg / 1000:.2f} kimg"
+    src = {"nvidia-pytorch": " (NVIDIA PyTorch pickle)", "nvidia-tf": " (NVIDIA TensorFlow pickle)"}.get(
+        net.get("source"), "")
+    return f"**{label}**: {G.img_resolution} px {ch}{cond}{trained}{src}."
+
+
+def _seeds(text: str, what: str = "seeds", limit: int = MAX_SEEDS) -> list[int]:
+    from engine.generate import parse_seeds
+
+    seeds = parse_seeds(str(text or "").strip())
+    if not seeds:
+        raise UserError(f"no {what} given: type numbers such as 0-7 or 1,5,9")
+    if len(seeds) > limit:
+        raise UserError(f"{len(seeds)} {what} is too many at once; at most {limit}")
+    return seeds
+
+
+def _class(G, class_idx):
+    if not G.c_dim:
+        return None
+    if class_idx is None or class_idx == "":
+        raise UserError(f"this network is conditional: choose a class from 0 to {G.c_dim - 1}")
+    c = int(class_idx)
+    if not 0 <= c < G.c_dim:
+        raise UserError(f"class {c} is out of range: this network has classes 0 to {G.c_dim - 1}")
+    return c
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    cols = max(1, min(8, round(n ** 0.5 + 0.499)))
+    return cols, (n + cols - 1) // cols
+
+
+def build(studio: Studio):
+    choices = network_choices(studio)
+    first = next(iter(choices), None)
+    with gr.Column():
+        empty_md = gr.Markdown(_empty_text(studio, choices), elem_id="generate-empty",
+                               visible=bool(_empty_text(studio, choices)))
+        with gr.Row():
+            network = gr.Dropdown(list(choices), value=first, label="Network", elem_id="generate-network",
+                                  allow_custom_value=True, scale=5)
+            refresh_btn = gr.Button("Refresh list", size="sm", scale=1, elem_id="generate-refresh")
+        with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
+            upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=[".pt", ".pkl"],
+                             elem_id="generate-upload")
+        info_md = gr.Markdown(elem_id="generate-info")
+        with gr.Row():
+            seeds = gr.Textbox(value="0-7", label="Seeds", info="numbers and ranges: 0-7, 42, 100-103",
+                               elem_id="generate-seeds", scale=3)
+            rand_btn = gr.Button("Random seeds", size="sm", scale=1, elem_id="generate-random")
+            psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation psi",
+                            info="lower: typical, cleaner images; 1: full variety", scale=3)
+        with gr.Row():
+            class_idx = gr.Number(value=None, precision=0, minimum=0, label="Class", visible=False,
+                                  elem_id="generate-class")
+            noise = gr.Radio(["const", "random", "none"], value="const", label="Noise")
+        generate_btn = gr.Button("Generate images", variant="primary", elem_id="generate-btn")
+        gallery = gr.Gallery(label="Images", columns=8, height="auto", elem_id="generate-gallery",
+                             object_fit="contain")
+        with gr.Row():
+            grid_img = gr.Image(label="Grid", type="filepath", interactive=False, elem_id="generate-grid", height=320)
+            files = gr.File(label="Download: grid PNG and all images as a zip", file_count="multiple",
+                            interactive=False, elem_id="generate-files")
+
+        gr.Markdown("### Interpolation video")
+        with gr.Row():
+            v_seeds = gr.Textbox(value="0-3", label="Seeds to pass through", elem_id="video-seeds")
+            v_frames = gr.Number(value=12, precision=0, minimum=1, maximum=240, label="Frames per seed",
+                                 elem_id="video-frames")
+            v_fps = gr.Number(value=12, precision=0, minimum=1, maximum=60, label="fps")
+        with gr.Row():
+            v_space = gr.Radio(["z", "w"], value="z", label="Space")
+            v_kind = gr.Radio(["slerp", "linear", "cubic"], value="slerp", label="Kind",
+                              info="slerp goes with z; linear and cubic with w")
+            v_loop = gr.Checkbox(value=True, label="Loop back to the first seed")
+            v_format = gr.Radio(["GIF", "MP4"], value="GIF", label="Format", elem_id="video-format")
+        video_btn = gr.Button("Make video", variant="primary", elem_id="video-btn")
+        with gr.Column(elem_id="video-out"):
+            video_gif = gr.Image(label="Animation", type="filepath", interactive=False, visible=False,
+                                 elem_id="video-gif", height=320)
+            video_mp4 = gr.Video(label="Video", interactive=False, visible=False, elem_id="video-mp4")
+            video_file = gr.File(label="Download", interactive=False, visible=False, elem_id="video-file")
+
+        gr.Markdown("### Style mixing")
+        with gr.Row():
+            m_rows = gr.Textbox(value="85,100,75", label="Row seeds (take the styles)")
+            m_cols = gr.Textbox(value="55,821,1789", label="Column seeds (give the styles)")
+            m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
+                                  info="low layers: pose and shape; high: colours and details")
+        mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
+        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=400)
+
+    # ------------------------------------------------------------------ events
+    @friendly
+    def on_network(label):
+        if not label:
+            return "", gr.update(visible=False)
+        net = load(studio, label)
+        G = net["G_ema"]
+        # The range is checked when generating: a maximum set here would hold for every visitor's picker.
+        return describe(net, label), gr.update(visible=bool(G.c_dim), value=0 if G.c_dim else None,
+                                               label=f"Class (0-{G.c_dim - 1})" if G.c_dim else "Class")
+
+    network.change(on_network, network, [info_md, class_idx], api_name="network_info")
+
+    def do_refresh(current):
+        ch = network_choices(studio)
+        value = current if current in ch else next(iter(ch), None)
+        return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
+
+    refresh_btn.click(do_refresh, network, [network, empty_md], api_name="networks")
+
+    @friendly
+    def on_upload(f):
+        if not f:
+            return gr.skip(), gr.skip()
+        if Path(str(f)).suffix.lower() not in (".pt", ".pkl"):
+            raise UserError("a network file ends in .pt or .pkl")
+        kept = studio.keep_upload(f, UPLOAD_FOLDER, "network file")
+        label = f"uploaded / {kept.name}"
+        try:
+            load(studio, label)  # refuse a bad file now, not at the first click on Generate
+        except Exception:
+            kept.unlink(missing_ok=True)
+            raise
+        gr.Info(f"Network {kept.name} loaded")
+        return gr.update(choices=list(network_choices(studio)), value=label), gr.update(value="", visible=False)
+
+    upload.upload(on_upload, upload, [network, empty_md], api_name="upload_network")
+
+    rand_btn.click(lambda: ",".join(str(random.randrange(0, 100000)) for _ in range(8)), None, seeds,
+                   api_name="random_seeds")
+
+    @friendly
+    def do_generate(label, seeds_text, psi_v, cls, noise_v, progress=gr.Progress()):
+        from engine.generate import generate_images, make_grid, save_image
+
+        net = load(studio, label)
+        G = net["G_ema"]
+        seed_list = _seeds(seeds_text)
+        c = _class(G, cls)
+        progress(0, desc=f"Generating {len(seed_list)} images")
+        images = generate_images(G, seed_list, psi=float(psi_v), class_idx=c, noise_mode=noise_v)
+        out = studio.new_output_dir("images")
+        items = []
+        for seed, img in zip(seed_list, images):
+            p = out / f"seed{seed:04d}.png"
+            save_image(img, p)
+            items.append((str(p), f"seed {seed}"))
+        cols, rows = _grid_shape(len(images))
+        grid_path = out / "grid.png"
+        save_image(make_grid(images, cols, rows), grid_path)
+        zip_path = out / "images.zip"
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+            for p, _ in items:
+                z.write(p, Path(p).name)
+        return items, str(grid_path), [str(grid_path), str(zip_path)]
+
+    generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise], [gallery, grid_img, files],
+                       api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+
+    @friendly
+    def do_video(label, seeds_text, frames, fps, space, kind, loop, fmt, psi_v, cls, noise_v,
+                 progress=gr.Progress()):
+        from engine.generate import interpolation_frames, write_video
+
+        net = load(studio, label)
+        G = net["G_ema"]
+        seed_list = _seeds(seeds_text, "seeds to pass through", limit=64)
+        if len(seed_list) < 2:
+            raise UserError("an interpolation needs at least two seeds, e.g. 0-3")
+        frames = int(frames or 0)
+        if frames < 1:
+            raise UserError("frames per seed must be at least 1")
+        from engine.generate import check_interpolation, count_frames
+
+        total = count_frames(len(seed_list), frames, bool(loop))
+        if total > MAX_FRAMES:
+            raise UserError(f"{total} frames is too many at once; at most {MAX_FRAMES} (fewer seeds or frames)")
+        kind = check_interpolation(space, kind)
+        c = _class(G, cls)
+        progress(0, desc=f"Rendering {total} frames")
+        out = studio.new_output_dir("video")
+        ext = "mp4" if fmt == "MP4" else "gif"
+        path = out / f"interpolation-{safe_name('-'.join(map(str, seed_list[:8])), 'seeds')}.{ext}"
+        frames_iter = interpolation_frames(G, seed_list, frames_per_seed=frames, space=space, kind=kind,
+                                           loop=bool(loop), psi=float(psi_v), class_idx=c, noise_mode=noise_v)
+        write_video(progress.tqdm(frames_iter, total=total, desc="Rendering frames"), path, fps=int(fps or 12))
+        if ext == "gif":
+            return (gr.update(value=str(path), visible=True), gr.update(value=None, visible=False),
+                    gr.update(value=str(path), visible=True))
+        return (gr.update(value=None, visible=False), gr.update(value=str(path), visible=True),
+                gr.update(value=str(path), visible=True))
+
+    video_btn.click(do_video, [network, v_seeds, v_frames, v_fps, v_space, v_kind, v_loop, v_format, psi, class_idx,
+                               noise], [video_gif, video_mp4, video_file], api_name="video", concurrency_id="gpu",
+                    concurrency_limit=1)
+
+    @friendly
+    def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, progress=gr.Progress()):
+        from engine.generate import parse_seeds, save_image, style_mix_grid
+
+        net = load(studio, label)
+        G = net["G_ema"]
+        if G.c_dim:
+            raise UserError("style mixing is for unconditional networks; this one is conditional")
+        rows = _seeds(rows_text, "row seeds", limit=16)
+        cols = _seeds(cols_text, "column seeds", limit=16)
+        styles = parse_seeds(str(styles_text or "").strip())
+        if not styles or max(styles) >= G.num_ws:
+            raise UserError(f"style layers must lie within 0-{G.num_ws - 1} for this network")
+        progress(0, desc="Mixing styles")
+        grid, _ = style_mix_grid(G, rows, cols, styles, psi=float(psi_v), noise_mode=noise_v)
+        out = studio.new_output_dir("mix")
+        path = out / "style-mix.png"
+        save_image(grid, path)
+        return str(path)
+
+    mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise], mix_img, api_name="mix",
+                  concurrency_id="gpu", concurrency_limit=1)
+
+    def on_load():
+        ch = network_choices(studio)
+        value = next(iter(ch), None)
+        return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
+
+    return {"network": network, "info": info_md, "class_idx": class_idx, "on_load": on_load,
+            "load_outputs": [network, empty_md], "on_network": on_network}
+
+
+def empty_update(studio: Studio, choices):
+    text = _empty_text(studio, choices)
+    return gr.update(value=text, visible=bool(text))
+
+
+def _empty_text(studio: Studio, choices) -> str:
+    if choices:
+        return ""
+    if not studio.demo_network.is_file():
+        return ("**No network yet.** The built-in demo network (assets/demo-network.pt) is not installed here, "
+                "and no training has written a snapshot. Make your own in three steps: **Data** → prepare the "
+                "emoji set at 32 px; **Train** → start the *tiny* preset; back here, press *Refresh list* and pick "
+                "its snapshot. Or upload a .pt / NVIDIA .pkl network below.")
+    return "**No network yet.** Upload a .pt or NVIDIA .pkl network, or train one on the Train tab."
