@@ -71,18 +71,18 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
         "rec = Supervisor(%r).start(%r, 'tiny', 1000, %r)\n"
         "print(json.dumps({'pid': rec['pid']}))\n" % (str(ROOT), str(work), str(dataset), TINY)
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     pid = json.loads(out.stdout.strip().splitlines()[-1])["pid"]
     try:
         sup = Supervisor(work)
-        run = wait(lambda: next((v for v in sup.runs() if v.run_dir is not None and v.launch), None), 90,
+        run = wait(lambda: next((v for v in sup.runs() if v.run_dir is not None and v.launch), None), 240,
                    "the run folder")
         assert run.launch is not None and run.launch["pid"] == pid
         assert run.live and run.state in ("starting", "running")
         assert is_training_process(pid)
         wait(lambda: status(run.run_dir).get("state") == "running" and status(run.run_dir).get("sec_per_kimg"),
-             120, "a timed tick")
+             240, "a timed tick")
         view = sup.view(run.run_dir)
         assert view.state == "running" and view.live and view.pid == pid
         assert view.total_kimg == 1000 and view.eta_sec is not None and view.eta_sec > 0
@@ -92,7 +92,7 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
         with pytest.raises(UserError, match="already running"):
             sup.start(dataset, "tiny", 1, TINY)
 
-        stopped = sup.stop(run.run_dir, wait=120)
+        stopped = sup.stop(run.run_dir, wait=240)
         assert not stopped.live, "SIGTERM did not end the training"
         assert stopped.state == "stopped", stopped
         snap = latest_snapshot(run.run_dir)
@@ -106,16 +106,16 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
         # Resume continues from the snapshot: a new launch whose run goes on from where the first stopped.
         rec = sup.resume(run.run_dir)
         assert any(a.startswith("--resume=") and a.endswith(snap.name) for a in rec["args"])
-        run2 = sup.wait_for_run_dir(rec, timeout=90)
+        run2 = sup.wait_for_run_dir(rec, timeout=240)
         assert run2 is not None
         assert run2 == run.run_dir  # a resume continues the same folder
-        wait(lambda: status(run2).get("pid") == rec["pid"] and status(run2).get("kimg", 0) > kimg_at_stop, 120,
+        wait(lambda: status(run2).get("pid") == rec["pid"] and status(run2).get("kimg", 0) > kimg_at_stop, 240,
              "the resumed run's next tick")
         assert sup.view(run2).live and sup.view(run2).launch["pid"] == rec["pid"]
 
         # A crash: kill -9 leaves status.json saying "running"; the supervisor shows the run as failed.
         os.kill(rec["pid"], signal.SIGKILL)
-        view = wait(lambda: (lambda v: v if not v.live else None)(sup.view(run2)), 30, "the process to die")
+        view = wait(lambda: (lambda v: v if not v.live else None)(sup.view(run2)), 60, "the process to die")
         assert status(run2)["state"] == "running"
         assert view.state == "failed" and view.message and view.log_tail
         assert [(v.name, v.state) for v in Supervisor(work).runs()] == [(run2.name, "failed")]
@@ -132,7 +132,7 @@ def test_launch_that_fails_before_a_run_folder(tmp_path):
     bad.write_text("this is not a zip file")
     sup = Supervisor(tmp_path / "studio")
     rec = sup.start(bad, "tiny", 1, TINY)
-    assert sup.wait_for_run_dir(rec, timeout=90) is None
+    assert sup.wait_for_run_dir(rec, timeout=240) is None
     failed = [v for v in sup.runs() if v.run_dir is None]
     assert len(failed) == 1 and failed[0].state == "failed"
     assert "not-a-dataset" in failed[0].message or "error" in failed[0].message.lower()

@@ -128,24 +128,48 @@ STATE_COLOURS = {"running": "#1a7f37", "starting": "#9a6700", "stopping": "#9a67
                  "finished": "#0969da", "failed": "#cf222e"}
 
 
+def _stat(rec: dict, key: str) -> float | None:
+    x = rec.get(key)
+    x = x.get("mean") if isinstance(x, dict) else x
+    return float(x) if isinstance(x, (int, float)) else None
+
+
+def current_speed(v: RunView, stats: list[dict]) -> tuple[float | None, float]:
+    """(sec/kimg, kimg) of the newest tick timed by the training process now behind the run.
+
+    status.json carries the figure only once the tick's snapshot (and any metrics, minutes with FID) is written;
+    stats.jsonl gets it at the end of the tick, so it is read as well. Ticks of an earlier process (before a
+    resume, perhaps on other hardware) do not count: until this process has timed one, the speed is unknown.
+    """
+    kimg = float(v.kimg)
+    for rec in reversed(stats):
+        ts = rec.get("timestamp")
+        if v.started and (not isinstance(ts, (int, float)) or ts < float(v.started)):
+            break
+        spk = _stat(rec, "Timing/sec_per_kimg")
+        if spk and spk > 0:
+            return spk, max(kimg, _stat(rec, "Progress/kimg") or 0.0)
+    return (float(v.sec_per_kimg) if v.sec_per_kimg else None), kimg
+
+
 def status_html(v: RunView | None, stats: list[dict]) -> str:
     if v is None:
         return ("<div class='empty-state'><b>No runs yet.</b> Choose a dataset and the <i>tiny</i> preset on the "
                 "left and press <b>Start training</b>. This page then follows the run by itself: progress, curves, "
                 "the newest generated images and the log.</div>")
     colour = STATE_COLOURS.get(v.state, "#57606a")
-    frac = min(1.0, v.kimg / v.total_kimg) if v.total_kimg else 0.0
+    spk, kimg = current_speed(v, stats)
+    frac = min(1.0, kimg / v.total_kimg) if v.total_kimg else 0.0
     gpu = None
     if stats:
         g = stats[-1].get("Resources/peak_gpu_mem_gb")
         gpu = g.get("mean") if isinstance(g, dict) else g
-    parts = [f"<b>{v.kimg:.2f}</b> of {v.total_kimg:g} kimg" if v.total_kimg else f"<b>{v.kimg:.2f}</b> kimg",
+    parts = [f"<b>{kimg:.2f}</b> of {v.total_kimg:g} kimg" if v.total_kimg else f"<b>{kimg:.2f}</b> kimg",
              f"tick {v.tick}"]
-    if v.sec_per_kimg:
-        parts.append(f"{float(v.sec_per_kimg):.1f} s/kimg")
-    eta = v.eta_sec
-    if eta is not None:
-        parts.append(f"ETA {fmt_duration(eta)}")
+    if spk:
+        parts.append(f"{spk:.1f} s/kimg")
+    if v.state in ("running", "starting") and v.total_kimg:
+        parts.append(f"ETA {fmt_duration(max(0.0, (v.total_kimg - kimg) * spk))}" if spk else "ETA measuring…")
     if gpu:
         parts.append(f"GPU memory {float(gpu):.2f} GB")
     if v.snapshot:
