@@ -6,15 +6,17 @@ order are drawn for the whole minibatch on every rank and match by construction.
 everything on.
 """
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
-from engine.train import runs
+from engine.train import distributed, runs
 from engine.train.launch import train
 from test_train_helpers import make_dataset, tiny_options
 
@@ -110,3 +112,24 @@ def test_resume_under_torchrun_is_exact_and_matches_gpus_flag(data, tmp_path):
         for name, t in a[net]["state"].items():
             assert torch.equal(t, b[net]["state"][name]), (net, name)
     assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"] == 16
+
+
+def _process_group_freed_by_teardown():
+    """One rank: join, build an optimiser the way the loop does, tear down -> 0 when the group is gone, else 3."""
+    import torch.distributed as dist
+
+    env = distributed.setup("cpu")
+    group = weakref.ref(dist.group.WORLD)
+    # The first optimiser of a process loads torch._dynamo and, with it, modules that take the default group
+    # as a default argument; such a reference would keep the gloo threads alive into interpreter shutdown.
+    torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+    distributed.all_reduce_sum(torch.ones(1), env)
+    distributed.teardown(env)
+    gc.collect()
+    return 0 if group() is None else 3
+
+
+def test_teardown_frees_the_process_group():
+    # A process group still referenced after teardown is destroyed during interpreter shutdown, with gloo's
+    # threads still running: a rank that trained and saved well then dies with SIGABRT now and then.
+    assert distributed.launch(_process_group_freed_by_teardown, (), 2) == 0

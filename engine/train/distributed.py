@@ -58,12 +58,27 @@ def setup(device_type):
     if world > 1:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if not dist.is_initialized():
+            _import_before_process_group()
             kwargs = {"device_id": device} if device_type == "cuda" else {}
             try:
                 dist.init_process_group(backend=backend, init_method="env://", **kwargs)
             except TypeError:  # torch without device_id
                 dist.init_process_group(backend=backend, init_method="env://")
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def _import_before_process_group():
+    """Import now the torch modules that would otherwise first load after init_process_group.
+
+    torch.distributed.nn.functional declares `group=group.WORLD` as a default argument, evaluated when the module
+    is imported; torch._dynamo imports it, and the first optimizer that is built imports torch._dynamo. Loaded
+    after init_process_group, ten functions would hold the default process group for good: destroy_process_group
+    could then not free it, the gloo threads would still run while the interpreter shuts down, and the process
+    could die with "terminate called without an active exception" (SIGABRT) after a run that went well.
+    Loaded before, those defaults are None.
+    """
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def teardown(env):
