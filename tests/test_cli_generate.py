@@ -210,3 +210,15 @@ def test_bad_inputs_are_one_line_errors(nets, tmp_path, capsys):
     assert_user_error(run_inproc(capsys, "generate", "--network", nets["rgb"], "--seeds", "1-9", "--grid", "2x2",
                               "--outdir", tmp_path / "o"), "2x2")
     assert not (tmp_path / "o").exists()
+
+
+def test_class_on_an_unconditional_network_is_a_warning(nets, tmp_path, capsys):
+    r = run_inproc(capsys, "generate", "--network", nets["rgb"], "--seeds", "1", "--class", "2",
+                   "--outdir", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "warning: --class 2 ignored: this network is unconditional" in r.stderr
+    assert (tmp_path / "out" / "seed0001.png").exists()
+    r = run_inproc(capsys, "mix", "--network", nets["rgb"], "--rows", "1", "--cols", "2", "--styles", "0-1",
+                   "--class", "0", "--outdir", tmp_path / "mix")
+    assert r.returncode == 0, r.stderr
+    assert "--class 0 ignored" in r.stderr

@@ -19,6 +19,14 @@ def add_common_network_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
 
+def warn_unused_class(G, class_idx):
+    """NVIDIA's scripts take --class on any network; on an unconditional one it has no effect: say so."""
+    if class_idx is not None and int(G.c_dim) == 0:
+        import sys
+
+        print(f"warning: --class {class_idx} ignored: this network is unconditional", file=sys.stderr)
+
+
 def add_arguments(parser):
     add_common_network_arguments(parser)
     parser.add_argument("--seeds", required=True, metavar="LIST", help="seeds, e.g. 0,3,5-8")
@@ -46,6 +54,7 @@ def run(args):
     gen.check_can_write(targets, args.overwrite)
     device = gen.resolve_device(args.device)
     G = gen.load_generator(args.network, device)
+    warn_unused_class(G, args.class_idx)
     images = gen.generate_images(G, seeds, psi=args.trunc, cutoff=args.trunc_cutoff, class_idx=args.class_idx,
                                  noise_mode=args.noise_mode, batch=args.batch)
     for seed, img in zip(seeds, images):

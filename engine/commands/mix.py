@@ -20,6 +20,7 @@ def run(args):
     from pathlib import Path
 
     from engine import generate as gen
+    from engine.commands.generate import warn_unused_class
     from engine.errors import UserError
 
     rows = gen.parse_seeds(args.rows, what="row seeds")
@@ -34,6 +35,7 @@ def run(args):
     gen.check_can_write(targets, args.overwrite)
     device = gen.resolve_device(args.device)
     G = gen.load_generator(args.network, device)
+    warn_unused_class(G, args.class_idx)
     bad = [s for s in styles if s >= G.num_ws]
     if bad:
         raise UserError(f"--styles {args.styles}: layer {bad[0]} is out of range, this network has w layers "

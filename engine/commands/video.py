@@ -25,6 +25,7 @@ def run(args):
     from pathlib import Path
 
     from engine import generate as gen
+    from engine.commands.generate import warn_unused_class
     from engine.errors import UserError
 
     output = Path(args.output)
@@ -48,6 +49,7 @@ def run(args):
     gen.check_can_write([output], overwrite=True)
     device = gen.resolve_device(args.device)
     G = gen.load_generator(args.network, device)
+    warn_unused_class(G, args.class_idx)
     frames = gen.interpolation_frames(G, seeds, frames_per_seed=args.frames_per_seed, space=args.space, kind=kind,
                                       loop=args.loop, psi=args.trunc, cutoff=args.trunc_cutoff,
                                       class_idx=args.class_idx, noise_mode=args.noise_mode, grid=grid,
