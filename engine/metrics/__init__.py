@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.timefmt import format_time
 
 __all__ = [
     "compute",
@@ -73,16 +74,6 @@ def parse_metric_list(text):
     return names
 
 
-def format_time(seconds):
-    """Seconds -> '45s', '3m 07s', '2h 05m 09s', '1d 04h 10m' (the style of NVIDIA's records)."""
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
 def _images_uint8(img):

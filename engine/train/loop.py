@@ -25,6 +25,7 @@ import psutil
 import torch
 
 from engine.errors import UserError
+from engine.timefmt import format_time
 from engine.train import distributed, runs
 from engine.train.augment import AdaController, make_pipe
 from engine.train.loss import StyleGAN2Loss
@@ -620,15 +621,6 @@ def add_scalar(entries, name, value):
     entries[name] = {"num": 1, "mean": float(value), "std": 0.0}
 
 
-def format_time(seconds):
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m"
 
 
 def describe_run(cfg, G, D, num_images, env):
