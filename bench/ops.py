@@ -1,8 +1,9 @@
 """Time per call of the compiled ops (extensions/) against the plain-torch reference.
 
 Shapes: the layers of a 64 px and a 256 px network of NVIDIA's 'auto' config (channel_base 16384, channel_max
-512), batch 8 / 4 on the CPU and 32 / 16 on CUDA. Each op is timed forward only ("fwd") and forward + backward
-("fwd+bwd"). Prints one table (or, with --json, one JSON line); ratio = reference time / compiled time.
+512), batch 8 / 4 on the CPU and 32 / 16 on CUDA, in the layout the networks use there (channels-last on the CPU,
+NCHW on CUDA; --layout picks one). Each op is timed forward only ("fwd") and forward + backward ("fwd+bwd").
+Prints one table (or, with --json, one JSON line); ratio = reference time / compiled time.
 
     python bench/ops.py                 # CPU, and CUDA when present
     python bench/ops.py --device cpu --json
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from engine.nets.layers import _memory_format  # noqa: E402
 from engine.ops import dispatch  # noqa: E402
 from engine.ops.bias_act import _bias_act_ref, activation_funcs  # noqa: E402
 from engine.ops.upfirdn2d import _upfirdn2d_ref, setup_filter  # noqa: E402
@@ -28,15 +30,19 @@ def channels(res, base=16384, cmax=512):
     return min(base // res, cmax)
 
 
-def cases(res, batch):
+def cases(res, batch, memory_format=torch.contiguous_format):
     """(name, op, make_inputs) for the layers of a res-px network; make_inputs(device, dtype) -> kwargs."""
     n, c, c2, half = batch, channels(res), channels(res // 2), res // 2
+
+    def randn(shape, dev, dt):
+        x = torch.randn(shape, device=dev, dtype=dt)
+        return x.contiguous(memory_format=memory_format) if x.ndim == 4 else x
     f = [1, 3, 3, 1]
     out = []
 
     def ba(shape, act, clamp):
         def make(dev, dt):
-            return dict(x=torch.randn(shape, device=dev, dtype=dt), b=torch.randn(shape[1], device=dev, dtype=dt),
+            return dict(x=randn(shape, dev, dt), b=torch.randn(shape[1], device=dev, dtype=dt),
                         act=act, clamp=clamp)
         return make
 
@@ -48,7 +54,7 @@ def cases(res, batch):
 
     def up(shape, upf, downf, pad, gain):
         def make(dev, dt):
-            return dict(x=torch.randn(shape, device=dev, dtype=dt), f=setup_filter(f, device=dev), up=upf,
+            return dict(x=randn(shape, dev, dt), f=setup_filter(f, device=dev), up=upf,
                         down=downf, pad=pad, gain=gain)
         return make
 
@@ -111,7 +117,7 @@ def bench_case(op, make, kernel, device, dtype, backward):
         if backward:
             x = args[0].detach().requires_grad_(True)
             rest = args[1:]
-            dy = torch.randn_like(fn(x, *rest))
+            dy = torch.randn_like(fn(x, *rest))  # the output's layout, as the next layer's gradient arrives
 
             def call(fn=fn, x=x, rest=rest, dy=dy):
                 torch.autograd.backward(fn(x, *rest), dy)
@@ -129,6 +135,8 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--res", default="64,256", help="network resolutions")
+    ap.add_argument("--layout", choices=["auto", "nchw", "channels_last"], default="auto",
+                    help="memory layout of the 4-D inputs (auto: what the networks use on the device)")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = ap.parse_args()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -137,16 +145,25 @@ def main():
     for device in devices:
         dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
         kernels = {op: dispatch._kernel(op, device) for op in dispatch.KERNEL_OPS}
+        layout = args.layout
+        if layout == "auto":
+            net_fmt = _memory_format(torch.device(device), dtype, False)
+            layout = "channels_last" if net_fmt == torch.channels_last else "nchw"
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         for res in (int(r) for r in args.res.split(",")):
             batch = {64: 8, 256: 4}.get(res, 4) if device == "cpu" else {64: 32, 256: 16}.get(res, 16)
-            for name, op, make in cases(res, batch):
+            for name, op, make in cases(res, batch, fmt):
                 if kernels[op] is None:
                     continue
                 for backward in (False, True):
                     r = bench_case(op, make, kernels[op], device, dtype, backward)
-                    x = make(device, dtype)["x"]
-                    auto = "compiled" if (device == "cuda" or (dispatch.CPU_KERNEL[op] and x.numel() >= dispatch.CPU_MIN_NUMEL[op])) else "ref"
-                    rows.append({"device": device, "res": res, "case": name, "pass": "fwd+bwd" if backward else "fwd",
+                    kw = make(device, dtype)
+                    resample = op == "upfirdn2d" and max(kw["up"], kw["down"]) > 1
+                    linear = op == "bias_act" and kw["act"] == "linear" and kw["clamp"] < 0
+                    kernel = dispatch.compiled(op, kw["x"], resample=resample, linear=linear)
+                    auto = "ref" if kernel is None else "compiled"
+                    rows.append({"device": device, "layout": layout, "res": res, "case": name,
+                                 "pass": "fwd+bwd" if backward else "fwd",
                                  "auto": auto,
                                  "ref_ms": r["ref"] * 1e3, "compiled_ms": r["compiled"] * 1e3,
                                  "ratio": r["ref"] / r["compiled"]})
@@ -156,9 +173,10 @@ def main():
         print(json.dumps({"meta": meta, "rows": rows}))
         return
     print(f"# torch {meta['torch']}, {meta['threads']} CPU threads" + (f", {meta['cuda']}" if meta["cuda"] else ""))
-    print(f"{'device':6} {'res':>4}  {'case':52} {'pass':8} {'ref ms':>9} {'compiled ms':>11} {'ratio':>6}  auto uses")
+    print(f"{'device':6} {'layout':13} {'res':>4}  {'case':52} {'pass':8} {'ref ms':>9} {'compiled ms':>11} {'ratio':>6}"
+          "  auto uses")
     for r in rows:
-        print(f"{r['device']:6} {r['res']:>4}  {r['case']:52} {r['pass']:8} {r['ref_ms']:9.3f} {r['compiled_ms']:11.3f}"
+        print(f"{r['device']:6} {r['layout']:13} {r['res']:>4}  {r['case']:52} {r['pass']:8} {r['ref_ms']:9.3f} {r['compiled_ms']:11.3f}"
               f" {r['ratio']:5.2f}x  {r['auto']}")
     for device in devices:
         for op in dispatch.KERNEL_OPS:

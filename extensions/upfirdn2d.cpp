@@ -1,6 +1,8 @@
 // upfirdn2d on the CPU: zero-insertion upsampling, padding (negative crops), FIR filtering, downsampling, in
 // one pass per image plane, without materialising the zero-stuffed image. Rank-1 filters (the usual 4x4
 // outer product of [1, 3, 3, 1]) are applied as two 1-D passes; zero rows of the upsampled image are skipped.
+// Channels-last input (the layout of the networks' activations on the CPU) is filtered in place of its layout,
+// with the channel vector as the inner loop, and gives channels-last output: no reorder on the way in or out.
 // Only the light ATen headers (not torch/extension.h): the first build on a 2-core machine stays short.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -128,6 +130,71 @@ void run_plane(const T* xp, T* yp, const Geometry& g, const T* w2d, const T* wy,
   }
 }
 
+// ---------------------------------------------------------------------------------------------- channels last
+// x [N, H, W, C] in memory. Each output row is the sum over the filter taps of shifted input rows: with
+// neither up- nor downsampling along x a tap is one contiguous axpy over a run of whole pixels, otherwise one
+// C-long axpy per output pixel. The row is done in segments that stay in the L1 cache while all taps add
+// into them, and the taps are applied directly rather than as two 1-D passes: an intermediate image costs
+// more memory traffic than the extra multiply-adds.
+
+// Input index of padded, upsampled position p, or -1 where that position is a zero or outside the image.
+inline int64_t source_index(int64_t p, int64_t pad0, int64_t up, int64_t n) {
+  const int64_t u = p - pad0;
+  if (u < 0 || u % up != 0) return -1;
+  const int64_t i = u / up;
+  return i < n ? i : -1;
+}
+
+template <typename T>
+inline void axpy(T* __restrict out, const T* __restrict in, T a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] += a * in[i];
+}
+
+template <typename T>
+void upfirdn2d_nhwc(const T* xp, T* yp, const Geometry& g, int64_t N, int64_t C, const std::vector<T>& w2d) {
+  const int64_t in_img = g.H * g.W * C, row_in = g.W * C, row_out = g.outW * C, out_img = g.outH * row_out;
+  const int64_t rows_out = N * g.outH;
+  const bool dense_x = g.ux == 1 && g.dx == 1;
+  const int64_t seg = std::max<int64_t>(1, static_cast<int64_t>(8192 / sizeof(T)) / C);  // pixels per segment
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row_out * g.fh * g.fw));
+  at::parallel_for(0, rows_out, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<const T*> rows(g.fh);
+    std::vector<int64_t> kys(g.fh);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.outH, oy = r % g.outH;
+      T* out = yp + n * out_img + oy * row_out;
+      int64_t nky = 0;
+      for (int64_t ky = 0; ky < g.fh; ++ky) {
+        const int64_t iy = source_index(oy * g.dy + ky, g.py0, g.uy, g.H);
+        if (iy >= 0) { kys[nky] = ky; rows[nky++] = xp + n * in_img + iy * row_in; }
+      }
+      for (int64_t s0 = 0; s0 < g.outW; s0 += seg) {
+        const int64_t s1 = std::min(g.outW, s0 + seg);
+        std::fill(out + s0 * C, out + s1 * C, T(0));
+        for (int64_t j = 0; j < nky; ++j) {
+          const T* xrow = rows[j];
+          const T* wrow = w2d.data() + kys[j] * g.fw;
+          for (int64_t kx = 0; kx < g.fw; ++kx) {
+            const T wk = wrow[kx];
+            if (wk == T(0)) continue;
+            if (dense_x) {
+              // Output column ox reads input column ox + kx - px0.
+              const int64_t lo = std::max(s0, g.px0 - kx), hi = std::min(s1, g.W + g.px0 - kx);
+              if (hi > lo) axpy(out + lo * C, xrow + (lo + kx - g.px0) * C, wk, (hi - lo) * C);
+              continue;
+            }
+            for (int64_t ox = s0; ox < s1; ++ox) {
+              const int64_t ix = source_index(ox * g.dx + kx, g.px0, g.ux, g.W);
+              if (ix >= 0) axpy(out + ox * C, xrow + ix * C, wk, C);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 at::Tensor upfirdn2d(at::Tensor x, at::Tensor w, int64_t ux, int64_t uy, int64_t dx, int64_t dy,
                         int64_t px0, int64_t px1, int64_t py0, int64_t py1) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "upfirdn2d: tensors must be on the CPU");
@@ -135,7 +202,12 @@ at::Tensor upfirdn2d(at::Tensor x, at::Tensor w, int64_t ux, int64_t uy, int64_t
   TORCH_CHECK(w.dim() == 1 || w.dim() == 2, "upfirdn2d: filter must be 1-D or 2-D");
   TORCH_CHECK(w.scalar_type() == x.scalar_type(), "upfirdn2d: filter must have x's dtype");
   TORCH_CHECK(ux >= 1 && uy >= 1 && dx >= 1 && dy >= 1, "upfirdn2d: up and down must be >= 1");
-  x = x.contiguous();
+  // Channels-last with enough channels to fill a vector: filtered as it lies. A few channels (images) would
+  // leave the inner loop nearly empty, so those are reordered to planes and back.
+  const bool channels_last = x.size(1) > 1 && x.size(2) * x.size(3) > 1 &&
+                             x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nhwc = channels_last && x.size(1) >= 8;
+  if (!nhwc) x = x.contiguous();
   w = w.contiguous();
   Geometry g;
   g.H = x.size(2); g.W = x.size(3);
@@ -148,7 +220,8 @@ at::Tensor upfirdn2d(at::Tensor x, at::Tensor w, int64_t ux, int64_t uy, int64_t
   g.outH = hspan >= 0 ? hspan / dy + 1 : 0;
   g.outW = wspan >= 0 ? wspan / dx + 1 : 0;
   const int64_t planes = x.size(0) * x.size(1);
-  auto y = at::empty({x.size(0), x.size(1), g.outH, g.outW}, x.options());
+  auto y = at::empty({x.size(0), x.size(1), g.outH, g.outW},
+                     x.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (planes == 0 || g.outH == 0 || g.outW == 0) return y;
   if (g.H == 0 || g.W == 0) return y.zero_();
 
@@ -166,6 +239,13 @@ at::Tensor upfirdn2d(at::Tensor x, at::Tensor w, int64_t ux, int64_t uy, int64_t
     }
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
+    if (nhwc) {
+      std::vector<T> w2d(g.fh * g.fw);
+      for (int64_t i = 0; i < g.fh; ++i)
+        for (int64_t j = 0; j < g.fw; ++j) w2d[i * g.fw + j] = w.dim() == 1 ? col[i] * row[j] : wp[i * g.fw + j];
+      upfirdn2d_nhwc<T>(xp, yp, g, x.size(0), x.size(1), w2d);
+      return;
+    }
     const int64_t in_plane = g.H * g.W, out_plane = g.outH * g.outW;
     const int64_t work = std::max<int64_t>(1, (in_plane + out_plane) * g.fw);
     at::parallel_for(0, planes, std::max<int64_t>(1, 65536 / work), [&](int64_t p0, int64_t p1) {
@@ -174,6 +254,7 @@ at::Tensor upfirdn2d(at::Tensor x, at::Tensor w, int64_t ux, int64_t uy, int64_t
         run_plane<T>(xp + p * in_plane, yp + p * out_plane, g, wp, col.data(), row.data(), separable, pbuf, tbuf);
     });
   });
+  if (channels_last && !nhwc) return y.contiguous(at::MemoryFormat::ChannelsLast);
   return y;
 }
 

@@ -172,11 +172,14 @@ def test_upfirdn2d_matches_reference(ku, fname, dtype):
     gen = torch.Generator().manual_seed(11)
     f = FILTERS[fname](dtype)
     for up, down, pad in GEOMETRIES:
-        for layout in ("nchw", "channels_last", "sliced"):
+        # channels_last with 3 channels is reordered to planes and back; with 16 it is filtered as it lies.
+        for layout in ("nchw", "channels_last", "channels_last16", "sliced"):
             for flip, gain in ((False, 1.0), (True, 2.5)):
                 x = torch.randn(2, 3, 9, 7, dtype=dtype, generator=gen)
                 if layout == "channels_last":
                     x = x.to(memory_format=torch.channels_last)
+                elif layout == "channels_last16":
+                    x = torch.randn(1, 16, 9, 7, dtype=dtype, generator=gen).to(memory_format=torch.channels_last)
                 elif layout == "sliced":
                     x = torch.randn(2, 3, 9, 14, dtype=dtype, generator=gen)[..., ::2]
                 fh, fw = (1, 1) if f is None else (f.shape[0], f.shape[-1])
@@ -185,9 +188,15 @@ def test_upfirdn2d_matches_reference(ku, fname, dtype):
                 if out_h <= 0 or out_w <= 0:
                     continue
                 dy = torch.randn(x.shape[0], x.shape[1], out_h, out_w, dtype=dtype, generator=gen)
+                if layout.startswith("channels_last"):
+                    dy = dy.to(memory_format=torch.channels_last)  # as the next layer's gradient arrives
                 r = torch.randn(x.shape, dtype=dtype, generator=gen)
                 got = run_up(lambda t: ku.upfirdn2d(t, f, up, down, pad, flip, gain), x, dy, r)
                 want = run_up(lambda t: _upfirdn2d_ref(t, f, *up, *down, *pad, flip, gain), x, dy, r)
+                if layout.startswith("channels_last"):
+                    # The networks' CPU layout goes through without a reorder to NCHW in the next layer.
+                    assert got[0].is_contiguous(memory_format=torch.channels_last), layout
+                    assert got[1].is_contiguous(memory_format=torch.channels_last), layout
                 for name, u, v in zip(("y", "dx", "d2dy"), got, want):
                     torch.testing.assert_close(
                         u, v, **tol(dtype), msg=lambda m: f"{fname} up={up} down={down} pad={pad} {layout} {name}: {m}")
@@ -234,6 +243,33 @@ def test_public_ops_follow_studio_ops(monkeypatch, ka, ku):
     assert dispatch.compiled("bias_act", small) is None
     assert dispatch.compiled("bias_act", big) is (ka if dispatch.CPU_KERNEL["bias_act"] else None)
     assert dispatch.compiled("upfirdn2d", big) is (ku if dispatch.CPU_KERNEL["upfirdn2d"] else None)
+    # A plain filter on channels-last activations goes to oneDNN's depthwise convolution; resampling does not.
+    nhwc = big.to(memory_format=torch.channels_last)
+    want_filter = None if dispatch.CPU_CHANNELS_LAST_FILTER_REF else ku
+    assert dispatch.compiled("upfirdn2d", nhwc, resample=False) is want_filter
+    assert dispatch.compiled("upfirdn2d", nhwc, resample=True) is ku
+    assert dispatch.compiled("upfirdn2d", big, resample=False) is ku
+    # A plain bias add is one native op in the reference.
+    assert dispatch.compiled("bias_act", big, linear=True) is (None if dispatch.CPU_LINEAR_REF else ka)
+    monkeypatch.setenv("STUDIO_OPS", "compiled")
+    assert dispatch.compiled("upfirdn2d", nhwc, resample=False) is ku
+    assert dispatch.compiled("bias_act", big, linear=True) is ka
+
+
+def test_channels_last_stays_channels_last_through_a_block(monkeypatch, ka, ku):
+    """The networks' CPU layout survives every op of a resampling block, forward and backward (the reference's
+    downsampling is a strided view of a channels-last tensor, which is left as it is)."""
+    f = setup_filter([1, 3, 3, 1])
+    for m in ("auto", "compiled", "ref"):
+        monkeypatch.setenv("STUDIO_OPS", m)
+        x = torch.randn(2, 16, 8, 8).to(memory_format=torch.channels_last).requires_grad_(True)
+        h = bias_act(x, torch.zeros(16), act="lrelu")
+        h1 = upfirdn2d(h, f, padding=1)        # plain filter
+        h2 = upfirdn2d(h, f, down=2, padding=1)  # resampling
+        for t in (h, h1, h2) if m != "ref" else (h, h1):
+            assert t.is_contiguous(memory_format=torch.channels_last), (m, t.shape)
+        (g,) = torch.autograd.grad(h1.sum() + h2.square().sum(), x)
+        assert g.is_contiguous(memory_format=torch.channels_last), m
 
 
 def r1_step(x0, b0, w0, f):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import zipfile
@@ -114,8 +115,21 @@ def _class(G, class_idx):
 
 
 def _grid_shape(n: int) -> tuple[int, int]:
-    cols = max(1, min(8, round(n ** 0.5 + 0.499)))
-    return cols, (n + cols - 1) // cols
+    """(cols, rows) for n images: as few empty cells as possible, then as square as possible, at most 8 wide
+    and never more than about twice as wide as tall (8 images: 4x2, not 3x3 with a hole)."""
+    n = max(1, int(n))
+    first = min(8, math.isqrt(n - 1) + 1)  # ceil(sqrt(n)), capped
+    best = None
+    for cols in range(first, min(8, n) + 1):
+        rows = -(-n // cols)
+        if cols > 2 * rows + 1:
+            break
+        key = (cols * rows - n, cols - rows)
+        if best is None or key < best[0]:
+            best = (key, cols, rows)
+    if best is None:
+        return first, -(-n // first)
+    return best[1], best[2]
 
 
 def build(studio: Studio):

@@ -52,7 +52,7 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
     gain = float(gain if gain is not None else spec.def_gain)
     clamp = float(clamp) if clamp is not None else -1.0
 
-    kernel = dispatch.compiled("bias_act", x)
+    kernel = dispatch.compiled("bias_act", x, linear=(act == "linear" and clamp < 0))
     if kernel is not None:
         return kernel.bias_act(x, b, dim, act, alpha, gain, clamp)  # clamp < 0: no clamping
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)

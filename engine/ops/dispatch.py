@@ -21,14 +21,22 @@ KERNEL_OPS = ("bias_act", "upfirdn2d")
 # other jobs, torch 2.13 CPU, float32, best call of >= 9 alternating ref/compiled calls, 64 px and 256 px shapes):
 #   bias_act : the fused kernel makes one pass and one tensor where the reference makes 3-4 of each (and keeps
 #              more for autograd): lrelu forward+backward 2.1-2.4x, with clamp 4.2-4.3x; forward alone
-#              1.3-1.7x (a fresh output tensor's page faults cost as much as the pass itself); linear ~1.0x.
+#              1.3-1.7x (a fresh output tensor's page faults cost as much as the pass itself). A plain bias add
+#              (linear, no clamp) is one native op in the reference too: 0.93-0.99x compiled -> reference.
 #              Below 64k elements the wrapper's Python and dispatcher overhead (~3 us forward, ~10 us
 #              forward+backward) wins over the saved passes: [8, 512] took 17 us against the reference's 15 us.
-#   upfirdn2d: polyphase separable passes instead of a depthwise convolution over the zero-stuffed image:
-#              1.5x-15x at every measured shape (forward 1.5-15x, forward+backward 1.8-5.4x), the smallest
-#              ([8, 3, 32, 32]) included -> no size threshold.
+#   upfirdn2d: NCHW: polyphase separable passes instead of a depthwise convolution over the zero-stuffed
+#              image: 1.5x-15x at every measured shape (forward 1.5-15x, forward+backward 1.8-5.4x), the
+#              smallest ([8, 3, 32, 32]) included -> no size threshold.
+#              Channels-last input (the networks' CPU layout) is filtered in that layout by the kernel too, so no
+#              reorder to NCHW and back: that alone made the 32 px training step 1.10x faster. Resampling
+#              channels-last calls are 1.1-5.3x faster compiled; a plain filter (up = down = 1, 4x4 taps) is not:
+#              oneDNN's depthwise convolution in NHWC runs near memory speed and the kernel reached 0.76-0.92x of
+#              it, so those calls stay on the reference.
 CPU_KERNEL = {"bias_act": True, "upfirdn2d": True}
 CPU_MIN_NUMEL = {"bias_act": 65536, "upfirdn2d": 0}
+CPU_CHANNELS_LAST_FILTER_REF = True
+CPU_LINEAR_REF = True
 
 _DTYPES = {"cpu": ("float32", "float64"), "cuda": ("float16", "bfloat16", "float32", "float64")}
 
@@ -85,16 +93,32 @@ def _kernel(name, device):
         return k
 
 
-def compiled(name, x=None):
-    """The compiled kernel for op `name` and tensor `x` (None: the CPU), or None to use the reference code."""
+def _channels_last(x):
+    import torch
+
+    return (x.ndim == 4 and x.shape[1] >= 8 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def compiled(name, x=None, resample=True, linear=False):
+    """The compiled kernel for op `name` and tensor `x` (None: the CPU), or None to use the reference code.
+
+    resample: for upfirdn2d, whether the call up- or downsamples (False: a plain filter).
+    linear: for bias_act, whether the call is a plain bias add (linear activation, no clamp).
+    """
     device = "cpu" if x is None else x.device.type
     if not _wanted(name, device):
         return None
     if x is not None:
         if str(x.dtype).replace("torch.", "") not in _DTYPES[device]:
             return None
-        if device == "cpu" and mode() == "auto" and x.numel() < CPU_MIN_NUMEL.get(name, 0):
-            return None
+        if device == "cpu" and mode() == "auto":
+            if x.numel() < CPU_MIN_NUMEL.get(name, 0):
+                return None
+            if name == "upfirdn2d" and not resample and CPU_CHANNELS_LAST_FILTER_REF and _channels_last(x):
+                return None
+            if name == "bias_act" and linear and CPU_LINEAR_REF:
+                return None
     if _tracing():
         return None
     return _kernel(name, device)

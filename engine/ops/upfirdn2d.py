@@ -77,7 +77,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     px0, px1, py0, py1 = parse_padding(padding)
     if min(upx, upy, downx, downy) < 1:
         raise ValueError("up and down must be >= 1")
-    kernel = dispatch.compiled("upfirdn2d", x)
+    kernel = dispatch.compiled("upfirdn2d", x, resample=max(upx, upy, downx, downy) > 1)
     if kernel is not None:
         return kernel.upfirdn2d(x, f, up=(upx, upy), down=(downx, downy), padding=(px0, px1, py0, py1),
                                 flip_filter=flip_filter, gain=gain)
