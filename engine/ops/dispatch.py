@@ -29,7 +29,7 @@ KERNEL_OPS = ("bias_act", "upfirdn2d")
 #              image: 1.5x-15x at every measured shape (forward 1.5-15x, forward+backward 1.8-5.4x), the
 #              smallest ([8, 3, 32, 32]) included -> no size threshold.
 #              Channels-last input (the networks' CPU layout) is filtered in that layout by the kernel too, so no
-#              reorder to NCHW and back: that alone made the 32 px training step 1.10x faster. Resampling
+#              reorder to NCHW and back: with it the 32 px training step is 1.16x the reference's speed. Resampling
 #              channels-last calls are 1.1-5.3x faster compiled; a plain filter (up = down = 1, 4x4 taps) is not:
 #              oneDNN's depthwise convolution in NHWC runs near memory speed and the kernel reached 0.76-0.92x of
 #              it, so those calls stay on the reference.
@@ -133,6 +133,20 @@ def _default_device():
         return "cpu"
 
 
+def _cpu_exceptions(name, device):
+    """The calls the CPU policy leaves to the reference, as a suffix for op_paths()."""
+    if device != "cpu" or mode() != "auto":
+        return ""
+    notes = []
+    if CPU_MIN_NUMEL.get(name, 0) > 0:
+        notes.append(f"under {CPU_MIN_NUMEL[name] // 1024}k elements")
+    if name == "bias_act" and CPU_LINEAR_REF:
+        notes.append("plain bias adds")
+    if name == "upfirdn2d" and CPU_CHANNELS_LAST_FILTER_REF:
+        notes.append("plain filters on channels-last tensors")
+    return f" ({', '.join(notes)}: reference)" if notes else ""
+
+
 def op_paths(device=None, build=False):
     """{op name: the path it takes on `device` (default: CUDA if present, else the CPU)}.
 
@@ -153,9 +167,7 @@ def op_paths(device=None, build=False):
             if build:
                 _kernel(name, device)
             if key in _kernels:
-                paths[name] = f"compiled {kind} kernel"
-                if device == "cpu" and mode() == "auto" and CPU_MIN_NUMEL.get(name, 0) > 0:
-                    paths[name] += f" (tensors of {CPU_MIN_NUMEL[name] // 1024}k+ elements; smaller: reference)"
+                paths[name] = f"compiled {kind} kernel" + _cpu_exceptions(name, device)
             elif key in _failures:
                 paths[name] = f"reference (compiled {kind} kernel unavailable: {_failures[key]})"
             elif builder.is_built(name, device):
