@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.train.runs import read_stats
 from ui.common import ROOT, fmt_duration
 from ui.supervisor import Supervisor
 
@@ -32,21 +33,6 @@ class Estimate:
     resolution: int
     batch: int | None
     measured_s: float = 0.0
-
-
-def _stats(path: Path) -> list[dict]:
-    out = []
-    try:
-        for line in path.read_text("utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    except OSError:
-        pass
-    return out
 
 
 def _sec_per_kimg(stats: list[dict]) -> float | None:
@@ -93,7 +79,7 @@ def from_previous_runs(sup: Supervisor, preset: str, resolution: int, batch: int
     for v in sup.runs():
         if v.run_dir is None or not _run_matches(v.run_dir, preset, resolution, batch, v.launch):
             continue
-        spk = _sec_per_kimg(_stats(v.run_dir / "stats.jsonl"))
+        spk = _sec_per_kimg(read_stats(v.run_dir))
         if spk:
             return Estimate(spk, f"run {v.name}", preset, resolution, batch)
     return None
@@ -122,7 +108,7 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
     try:
         while time.time() - t0 < timeout:
             runs = [p for p in scratch.iterdir() if p.is_dir()]
-            stats = _stats(runs[0] / "stats.jsonl") if runs else []
+            stats = read_stats(runs[0]) if runs else []
             if len(stats) >= 3:
                 spk = _sec_per_kimg(stats)
                 break

@@ -10,12 +10,13 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
+from engine.train.presets import PRESETS
+from engine.train.runs import read_metrics, read_stats
 from ui import charts, estimate
 from ui.common import Studio, fmt_duration, friendly
 from ui.data_tab import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor
 
-FALLBACK_PRESETS = ["tiny", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar"]
 AUGPIPES = ["bgc", "blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgcf", "bgcfn", "bgcfnc"]
 METRICS = ["none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
@@ -26,17 +27,9 @@ REFRESH_SEC = 3.0
 
 
 def preset_names() -> list[str]:
-    try:
-        from engine.train import presets
-
-        for attr in ("PRESETS", "presets", "CONFIGS"):
-            table = getattr(presets, attr, None)
-            if isinstance(table, dict) and table:
-                names = list(table)
-                return (["tiny"] if "tiny" in names else []) + [n for n in names if n != "tiny"]
-    except Exception:
-        pass
-    return FALLBACK_PRESETS
+    """The trainer's presets, the CPU-sized one first (the dashboard's default)."""
+    names = list(PRESETS)
+    return (["tiny"] if "tiny" in names else []) + [n for n in names if n != "tiny"]
 
 
 def fakes_files(run_dir: Path | None) -> list[Path]:
@@ -46,43 +39,6 @@ def fakes_files(run_dir: Path | None) -> list[Path]:
     grids = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
     init = run_dir / "fakes_init.png"
     return ([init] if init.is_file() else []) + [p for _, p in grids]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a .jsonl file; a torn last line (a run killed mid-write) is left out."""
-    out = []
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict):
-                        out.append(rec)
-    except OSError:
-        pass
-    return out
-
-
-def read_stats(run_dir: Path) -> list[dict]:
-    try:
-        from engine.train.runs import read_stats as engine_read_stats
-
-        return engine_read_stats(run_dir)
-    except ImportError:
-        return read_jsonl(run_dir / "stats.jsonl")
-
-
-def read_metrics(run_dir: Path) -> dict[str, list]:
-    try:
-        from engine.train.runs import read_metrics as engine_read_metrics
-
-        return engine_read_metrics(run_dir)
-    except ImportError:
-        return {p.stem[len("metric-"):]: read_jsonl(p) for p in sorted(run_dir.glob("metric-*.jsonl"))}
 
 
 def run_options(run_dir: Path) -> dict:
