@@ -424,3 +424,13 @@ def test_metric_records_become_points():
                                  {"fid50k_full": recs})
     names = {t.name for t in fig.data}
     assert {"D loss", "fid50k_full"} <= names
+
+
+def test_grid_layout_leaves_no_avoidable_holes():
+    from ui.generate_tab import _grid_shape
+
+    assert _grid_shape(8) == (4, 2)  # not 3x3 with an empty cell
+    assert _grid_shape(6) == (3, 2) and _grid_shape(9) == (3, 3) and _grid_shape(1) == (1, 1)
+    for n in range(1, 300):
+        cols, rows = _grid_shape(n)
+        assert cols * rows >= n and cols <= 8 and cols * (rows - 1) < n, n  # fits, no empty last row
