@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for as wait
 
 from engine.errors import UserError
 from ui.supervisor import Supervisor, is_training_process, latest_snapshot, tail
@@ -45,14 +45,6 @@ def dataset(scratch):
     return dest
 
 
-def wait(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def status(run_dir):

@@ -11,6 +11,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 import torch
 from gradio_client import Client, handle_file
 
@@ -252,14 +253,6 @@ def test_shared_mode_reads_no_server_folder(scratch):
         demo.close()
 
 
-def wait_for(fn, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def train_args(ds, kimg=1000, **over):
