@@ -42,6 +42,18 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # Two file-system failures every command can meet, each with its own line rather than the catch-all.
+        from engine.fsutil import disk_full_line, name_too_long_message
+
+        line = name_too_long_message(e, "the path") or disk_full_line(e)
+        if line is None or os.environ.get("STUDIO_DEBUG"):
+            if os.environ.get("STUDIO_DEBUG"):
+                raise
+            print(f"error: {type(e).__name__}: {e} (set STUDIO_DEBUG=1 for the full traceback)", file=sys.stderr)
+            return 1
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     except Exception as e:  # never a traceback for the user unless asked for
         if os.environ.get("STUDIO_DEBUG"):
             raise

@@ -60,12 +60,19 @@ def save_snapshot(path, data):
 
     data: plain data only (tensors, numbers, strings, lists, dicts), so that weights_only loading opens it.
     """
+    from engine import fsutil
+
     path = Path(path)
+    fsutil.check_name_lengths(path, "snapshot file")
     directory = path.parent if str(path.parent) else Path(".")
+    need = estimate_saved_size(data)
+    fsutil.check_free_space(directory, need, f"the snapshot {path.name}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as e:
+        if fsutil.is_disk_full(e):
+            raise UserError(fsutil.disk_full_message(path, need, f"the snapshot {path.name}")) from None
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
@@ -81,6 +88,8 @@ def save_snapshot(path, data):
             os.unlink(tmp)
         except OSError:
             pass
+        if fsutil.is_disk_full(e):
+            raise UserError(fsutil.disk_full_message(path, need, f"the snapshot {path.name}")) from None
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         raise
@@ -94,7 +103,25 @@ def save_snapshot(path, data):
         pass  # directory fsync is not available everywhere; the rename itself is already atomic
 
 
+def estimate_saved_size(data):
+    """Bytes torch.save will write for `data`: every tensor's bytes plus the zip records around them."""
+    total, count, stack = 0, 0, [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+            count += 1
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return total + 512 * count + (1 << 20)  # headers and alignment per tensor, the pickle itself
+
+
 def _check_readable(path):
+    from engine.fsutil import check_name_lengths
+
+    check_name_lengths(path, "network file")
     path = Path(path)
     if not path.exists():
         raise UserError(f"network file {path} does not exist")
