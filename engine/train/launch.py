@@ -17,13 +17,28 @@ def train(options: TrainOptions) -> int:
     if options.gpus > 1:
         # Everything that can fail on the user's input is checked here, once, before any worker starts.
         cfg = prepare_run(options, options.gpus)
-        return distributed.launch(_worker, (cfg,), options.gpus)
+        with claim_run(cfg):
+            return distributed.launch(_worker, (cfg,), options.gpus)
     from engine.train.loop import training_loop
 
     device = pick_device(options)
     cfg = prepare_run(options, 1)
-    env = distributed.setup(device)
-    return training_loop(cfg, env)
+    with claim_run(cfg):
+        env = distributed.setup(device)
+        return training_loop(cfg, env)
+
+
+def claim_run(cfg):
+    """Lock the run folder for this process (one trainer per run) and clear the temporaries of killed ones."""
+    from engine.fsutil import format_bytes
+    from engine.train import runlock
+
+    lock = runlock.acquire(cfg.run_dir)
+    if lock.removed:
+        size = sum(n for _, n in lock.removed)
+        print(f"removed {len(lock.removed)} temporary file(s) ({format_bytes(size)}) left in {cfg.run_dir} by a "
+              f"training that was killed", flush=True)
+    return lock
 
 
 def _torchrun_rank(options):
@@ -32,11 +47,14 @@ def _torchrun_rank(options):
     from engine.train.options import TrainConfig
 
     env = distributed.setup(pick_device(options))
+    lock = None
     try:
         payload = None
         if env.is_main:
             try:
-                payload = {"cfg": prepare_run(options, env.world_size).to_dict()}
+                cfg = prepare_run(options, env.world_size)
+                lock = claim_run(cfg)  # before the broadcast, so that a refusal stops every rank cleanly
+                payload = {"cfg": cfg.to_dict()}
             except UserError as e:
                 payload = {"error": str(e)}
         payload = distributed.broadcast_object(payload, env)
@@ -46,6 +64,8 @@ def _torchrun_rank(options):
             return 2
         return training_loop(TrainConfig.from_dict(payload["cfg"]), env)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(env)
 
 

@@ -1,0 +1,137 @@
+"""One live trainer per run folder.
+
+Two trainers continuing the same run would log every tick twice and write the same snapshots. The trainer that
+starts or continues a run takes an exclusive lock on `<run>/.train.lock` (flock: the kernel drops it when the
+process dies, however it dies, so a lock left by a killed trainer is simply taken over) and writes its pid and
+start time into the file so that a refused trainer can say who holds the run. Where the file system has no
+flock, the pid in the file decides: a live pid refuses, a dead one is taken over.
+
+Holding the lock also proves that no writer of this folder is alive, so the temporary files of killed writers
+(`.network-snapshot-*.pt.*.tmp` can be as large as a snapshot) are removed when the lock is taken.
+"""
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from engine.errors import UserError
+
+LOCK_NAME = ".train.lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: the pid check alone
+    fcntl = None
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True
+    return True
+
+
+def read_owner(run_dir):
+    """{'pid', 'started', 'host'} written by the trainer that holds (or last held) the run, or None."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _refusal(run_dir, owner):
+    pid = (owner or {}).get("pid", "unknown")
+    since = ""
+    if isinstance((owner or {}).get("started"), (int, float)):
+        since = f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['started']))}"
+    host = (owner or {}).get("host")
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return UserError(f"run folder {run_dir} is in use by training process pid {pid}{where}{since}; stop that "
+                     f"training (or wait for it to end) before continuing this run")
+
+
+class RunLock:
+    """The lock on one run folder, held until release() or the end of the process."""
+
+    def __init__(self, run_dir, fd, removed):
+        self.run_dir = Path(run_dir)
+        self.fd = fd
+        self.removed = removed  # [(name, bytes)] temporary files of dead writers that were deleted
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def acquire(run_dir):
+    """Take the run folder for this process -> RunLock; UserError naming the pid when a live trainer holds it."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot lock run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        locked = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                raise _refusal(run_dir, read_owner(run_dir)) from None
+            except OSError:
+                locked = False  # no flock on this file system (some network mounts): fall back to the pid
+        if not locked:
+            owner = read_owner(run_dir)
+            pid = (owner or {}).get("pid")
+            if pid and int(pid) != os.getpid() and _pid_alive(pid):
+                raise _refusal(run_dir, owner)
+        record = json.dumps({"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunLock(run_dir, fd, remove_stale_temporaries(run_dir))
+
+
+def remove_stale_temporaries(run_dir):
+    """Delete `.<name>.<random>.tmp` files of the run folder (left by writers that were killed) -> [(name, bytes)].
+
+    Only call while holding the run's lock: then no live process is writing them.
+    """
+    removed = []
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == LOCK_NAME:
+            continue
+        try:
+            size = p.stat().st_size
+            if p.is_file():
+                p.unlink()
+                removed.append((p.name, size))
+        except OSError:
+            continue
+    return removed
