@@ -98,14 +98,41 @@ def resolve_resume(options: TrainOptions, facts):
     if path.suffix == ".pt":
         try:
             snap = load_snapshot(path)
-        except UserError:
-            snap = None  # not ours: let load_network try (it gives the precise error)
+        except UserError as e:
+            in_run = (path.parent / "training_options.json").exists()
+            if not in_run:
+                snap = None  # not ours: let load_network try (it gives the precise error)
+            else:
+                # A damaged snapshot of a run (a disk error, a copy cut short): an older one may still be good.
+                good, good_snap = _previous_good_snapshot(path)
+                if good is None:
+                    raise UserError(f"{e}; no other snapshot of {path.parent.name} can be read either") from None
+                if options.resume != "latest":
+                    raise UserError(f"{e}; the newest good snapshot of this run is {good}: continue with "
+                                    f"--resume {good}") from None
+                print(f"--resume latest: {path.name} cannot be read ({e}); continuing from the previous good "
+                      f"snapshot {good.name} instead", flush=True)
+                path, snap = good, good_snap
     if snap is not None and is_snapshot(snap):
         full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
         in_run = (path.parent / "training_options.json").exists()
         if full and in_run and _same_dataset(snap.get("dataset") or {}, facts):
             return "continue", path, snap
     return "transfer", path, snap
+
+
+def _previous_good_snapshot(bad):
+    """The newest readable snapshot of the run folder of `bad` other than `bad` -> (path, data) or (None, None)."""
+    from engine.checkpoint import load_snapshot
+
+    for _, candidate in reversed(runs.list_snapshots(bad.parent)):
+        if candidate.resolve() == bad.resolve():
+            continue
+        try:
+            return candidate, load_snapshot(candidate)
+        except UserError:
+            continue
+    return None, None
 
 
 def _transfer_kwargs(cfg: TrainConfig, path, facts, options):
@@ -140,10 +167,53 @@ def _transfer_kwargs(cfg: TrainConfig, path, facts, options):
     cfg.D_kwargs = dkw
 
 
+# Numeric options: (flag, lowest allowed, whether the lowest itself is allowed, highest or None).
+_NUMBER_RULES = {
+    "kimg": ("--kimg", 0, False, None), "tick": ("--tick", 0, False, None), "glr": ("--glr", 0, False, None),
+    "dlr": ("--dlr", 0, False, None), "gamma": ("--gamma", 0, True, None), "p": ("--p", 0, True, 1),
+    "target": ("--target", 0, True, 1), "style_mixing": ("--style-mixing", 0, True, 1),
+    "pl_weight": ("--pl-weight", 0, True, None), "batch": ("--batch", 1, True, None),
+    "batch_gpu": ("--batch-gpu", 1, True, None), "snap": ("--snap", 1, True, None), "map": ("--map", 1, True, None),
+    "cbase": ("--cbase", 1, True, None), "cmax": ("--cmax", 1, True, None),
+    "mbstd_group": ("--mbstd-group", 1, True, None), "subset": ("--subset", 1, True, None),
+    "workers": ("--workers", 0, True, None), "max_steps": ("--max-steps", 1, True, None),
+    "gpus": ("--gpus", 1, True, None), "freezed": ("--freezed", 0, True, None),
+}
+
+
+def check_numbers(options: TrainOptions):
+    """Every numeric option is a finite number in its range: one line naming the flag before anything is made."""
+    import math
+
+    for name, (flag, low, low_ok, high) in _NUMBER_RULES.items():
+        value = getattr(options, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{flag} {value!r} is not a number")
+        if not math.isfinite(value):
+            raise UserError(f"{flag} {value} is not a finite number; give an ordinary number such as "
+                            f"{'1' if low >= 1 else '0.5'}")
+        if value < low or (value == low and not low_ok):
+            raise UserError(f"{flag} must be {'at least' if low_ok else 'above'} {low}, got {value:g}")
+        if high is not None and value > high:
+            raise UserError(f"{flag} must be within [{low}, {high}], got {value:g}")
+
+
 def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True) -> TrainConfig:
     """Validate everything and resolve the config; with create_dir, make (or reuse) the run folder."""
+    from engine.fsutil import check_name_lengths
+
     if not options.outdir:
         raise UserError("--outdir is required: the folder that holds the runs")
+    check_numbers(options)
+    check_name_lengths(options.outdir, "--outdir")
+    if options.desc:
+        check_name_lengths(f"00000-{options.desc}", "--desc")
+    if options.data:
+        check_name_lengths(options.data, "--data")
+    if options.resume and options.resume != "latest":
+        check_name_lengths(options.resume, "--resume")
     device = pick_device(options)
     if device == "cuda" and world_size > torch.cuda.device_count():
         raise UserError(f"{world_size} processes asked for but only {torch.cuda.device_count()} GPU(s) are "
