@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,11 @@ class ImageDataset:
                 im = Image.open(f)
                 im.load()
                 return im
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            # The zip was read fine when training started: it was cut short or replaced since.
+            raise UserError(f"dataset {self.path!r} is damaged or was changed while in use ({type(e).__name__}: "
+                            f"{e}, reading {name}); restore it or prepare it again, then continue the run with "
+                            f"--resume latest") from None
         except (OSError, SyntaxError, ValueError, KeyError) as e:
             raise UserError(f"dataset {self.path!r}: cannot read {name} ({e}); prepare the dataset again") from None
 

@@ -35,6 +35,7 @@ from engine.data import imaging
 from engine.data.imaging import Options, Skip
 from engine.data.sources import Item, Source, open_source
 from engine.errors import UserError
+from engine.fsutil import check_free_space, check_name_lengths, disk_full_message, is_disk_full, name_too_long_message
 
 IMAGES_PER_FOLDER = 1000
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same source and options give a byte-identical zip
@@ -140,6 +141,10 @@ def prepare(
         raise UserError(f"--max-images {max_images!r} must be a positive whole number")
     if labels not in LABEL_MODES:
         raise UserError(f"--labels {labels!r} is not one of {', '.join(LABEL_MODES)}")
+    check_name_lengths(dest, "--dest")
+    check_name_lengths(report_path(dest), "--dest (its report)")
+    if str(source) != "emoji":
+        check_name_lengths(source, "--source")
     dest = Path(dest).expanduser()
     to_zip = _check_dest(dest, overwrite)
     src = open_source(source, labels)
@@ -156,13 +161,17 @@ def prepare(
     out_labels: list = []
     files: list = []
     seen: dict[bytes, str] = {}
+    # Before writing: pictures shrink to PNGs of at least ~1/8 of their raw pixels; a disk that cannot hold even
+    # that is refused now rather than after minutes of decoding. While writing, the measured sizes refine it.
+    raw_bytes = opts.width * opts.width * opts.channels
+    check_free_space(dest, total * raw_bytes // 8 + _REPORT_RESERVE, f"the dataset ({total} images)")
     writer = _ZipWriter(dest) if to_zip else _FolderWriter(dest)
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="img", desc="prepare", dynamic_ncols=True)
-    written = processed = 0
+    written = processed = written_bytes = 0
     last_call = 0.0
     try:
         results = _results(items, opts, src.zip_path, workers, ctx)
@@ -179,6 +188,9 @@ def prepare(
                         seen[res.digest] = item.name
                     name = f"{written // IMAGES_PER_FOLDER:05d}/img{written:08d}.png"
                     writer.write(name, res.png)
+                    written_bytes += len(res.png)
+                    if written % _SPACE_CHECK_EVERY == 0:
+                        _check_room(dest, written, written_bytes, processed, total)
                     files.append([name, item.name])
                     if src.has_labels:
                         out_labels.append([name, item.label])
@@ -202,7 +214,25 @@ def prepare(
         if src.has_labels and src.class_names:
             doc["class_names"] = list(src.class_names)
         writer.write("dataset.json", json.dumps(doc).encode("utf-8"))
-        writer.commit()
+        writer.finish()
+        result = PrepareResult(
+            dest=str(dest), report=str(report_path(dest)), written=written, resolution=opts.width,
+            channels=opts.channels, label_mode=src.label_mode,
+            class_names=list(src.class_names) if src.has_labels and src.class_names else None,
+            skipped=skipped, elapsed_s=time.monotonic() - t0, source=str(source),
+        )
+        report = _report_doc(result, src, opts, files, processed, len(items), dedupe, max_images, shuffle_seed)
+        _commit_pair(writer.tmp, dest, report, written_bytes)
+    except OSError as e:
+        writer.abort()
+        if is_disk_full(e):
+            raise UserError(disk_full_message(dest, max(written_bytes, 1) * max(total, 1) // max(written, 1)
+                                              + _REPORT_RESERVE, f"the dataset ({total} images)")
+                            + "; the previous dataset and report, if any, are unchanged") from None
+        too_long = name_too_long_message(e, "--dest")
+        if too_long:
+            raise UserError(too_long) from None
+        raise
     except BaseException:
         writer.abort()
         raise
@@ -211,13 +241,63 @@ def prepare(
             bar.close()
     if progress is not None:
         progress(total, total)
-    result = PrepareResult(
-        dest=str(dest), report=str(report_path(dest)), written=written, resolution=opts.width, channels=opts.channels,
-        label_mode=src.label_mode, class_names=list(src.class_names) if src.has_labels and src.class_names else None,
-        skipped=skipped, elapsed_s=time.monotonic() - t0, source=str(source),
-    )
-    _write_report(report_path(dest), _report_doc(result, src, opts, files, processed, len(items), dedupe, max_images, shuffle_seed))
     return result
+
+
+_REPORT_RESERVE = 1 << 20  # the report and dataset.json: a few hundred bytes per picture, rounded up
+_SPACE_CHECK_EVERY = 64
+
+
+def _check_room(dest: Path, written: int, written_bytes: int, processed: int, total: int) -> None:
+    """Stop early, with the disk-full line, when the rest of the dataset will clearly not fit."""
+    expected_more = (total - processed) * (written / max(processed, 1)) * (written_bytes / max(written, 1))
+    check_free_space(dest, int(expected_more) + _REPORT_RESERVE,
+                     f"the rest of the dataset ({total - processed} more pictures)")
+
+
+def _commit_pair(tmp: Path, dest: Path, report: dict, data_bytes: int) -> None:
+    """Put the finished dataset `tmp` and its report in place together: both new, or (on any failure) both old.
+
+    The report is written in full to a temporary first (the only step that needs space); then the old pair is
+    renamed aside, the new pair renamed in, and the old pair deleted. Renames within one folder need no space.
+    """
+    rp = report_path(dest)
+    rtmp = _write_temp_report(rp, report)
+    aside: list[tuple[Path, Path]] = []
+    placed: list[tuple[Path, Path]] = []
+    try:
+        for live in (dest, rp):
+            if os.path.lexists(live):
+                old = live.with_name(f".{live.name}.old-{os.getpid()}")
+                _remove(old)
+                os.replace(live, old)
+                aside.append((old, live))
+        os.replace(tmp, dest)
+        placed.append((dest, tmp))
+        os.replace(rtmp, rp)
+        placed.append((rp, rtmp))
+    except BaseException:
+        for live, temp in reversed(placed):  # the new files go back to their temporaries (removed by abort)
+            try:
+                os.replace(live, temp)
+            except OSError:
+                pass
+        for old, live in reversed(aside):
+            try:
+                os.replace(old, live)
+            except OSError:
+                pass
+        Path(rtmp).unlink(missing_ok=True)
+        raise
+    for old, _ in aside:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _default_workers() -> int:
@@ -363,11 +443,28 @@ def _report_doc(result: PrepareResult, src: Source, opts: Options, files, proces
     }
 
 
-def _write_report(path: Path, doc: dict) -> None:
+def _write_temp_report(path: Path, doc: dict) -> Path:
+    """The report, complete and flushed, in a temporary beside `path` -> the temporary (removed on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1), "utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _write_report(path: Path, doc: dict) -> None:
+    tmp = _write_temp_report(path, doc)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,9 +485,11 @@ class _ZipWriter:
         info.external_attr = 0o644 << 16
         self.zf.writestr(info, data)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """Complete the temporary zip (self.tmp); _commit_pair puts it in place."""
         self.zf.close()
-        os.replace(self.tmp, self.dest)
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
 
     def abort(self) -> None:
         try:
@@ -416,14 +515,8 @@ class _FolderWriter:
             self.dirs.add(folder)
         (self.tmp / name).write_bytes(data)
 
-    def commit(self) -> None:
-        old = None
-        if self.dest.exists():
-            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
-            os.replace(self.dest, old)
-        os.replace(self.tmp, self.dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    def finish(self) -> None:
+        """Nothing left to write: the files are complete in self.tmp; _commit_pair puts the folder in place."""
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

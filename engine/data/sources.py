@@ -109,6 +109,16 @@ def open_source(spec: str | os.PathLike, labels: str = "auto") -> Source:
 # that are not pictures are reported as such rather than silently ignored.
 
 
+UNSAFE_PATH = "unsafe-path"
+
+
+def _unsafe_member(name: str) -> bool:
+    """A zip member named to escape the archive when extracted (`../x`, `/etc/x`, `C:\\x`): never read, but
+    reported, since it says something about where the archive came from."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":" and name[0].isalpha())
+
+
 def _hidden(part: str) -> bool:
     return part.startswith(".") or part in _SKIP_DIRS or part in ("Thumbs.db", "desktop.ini")
 
@@ -141,10 +151,11 @@ def _open_zip(path: Path, labels: str) -> Source:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            unsafe = sorted(i.filename for i in infos if not i.is_dir() and _unsafe_member(i.filename))
             names = sorted(
                 i.filename
                 for i in infos
-                if not i.is_dir() and not any(_hidden(p) for p in i.filename.split("/"))
+                if not i.is_dir() and not _unsafe_member(i.filename) and not any(_hidden(p) for p in i.filename.split("/"))
             )
             json_labels = None
             if "dataset.json" in names:
@@ -154,6 +165,10 @@ def _open_zip(path: Path, labels: str) -> Source:
         raise UserError(f"cannot read zip {str(path)!r}: {e}") from None
     items = [Item(n, "zip", n) for n in names]
     src = Source(str(path), "zip", items, zip_path=str(path.resolve()), root=str(path.resolve()))
+    for name in unsafe:
+        src.skipped.append({"path": name, "reason": UNSAFE_PATH,
+                            "detail": "the member's name points outside the archive ('..' or an absolute path); "
+                                      "not read"})
     _apply_labels(src, labels, json_labels)
     return src
 

@@ -151,7 +151,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
 
         while True:
             # -- one training step ---------------------------------------------------------------------------
-            real_img, real_c = next(data_iter)
+            real_img, real_c = next_batch(data_iter)
             real_img = real_img.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
             real_c = real_c.to(device, non_blocking=True)
             gen_z, gen_c = draw_latents(batch_gen, len(phases), cfg.batch_size, z_dim, label_table, env, device)
@@ -404,6 +404,15 @@ class MinibatchSampler:
         while True:
             yield self.indices(step)
             step += 1
+
+
+def next_batch(data_iter):
+    """The next minibatch; a dataset error raised in a loader worker keeps its one line, not the worker's traceback
+    that the DataLoader puts into the message."""
+    try:
+        return next(data_iter)
+    except UserError as e:
+        raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
 def make_loader(dataset, sampler, cfg: TrainConfig, device):
