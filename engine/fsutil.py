@@ -46,7 +46,7 @@ def free_bytes(path):
 
 
 def disk_full_message(path, need, what, free=None):
-    folder = _existing_ancestor(Path(path).expanduser().absolute().parent)
+    folder = _existing_ancestor(path)
     if free is None:
         try:
             free = free_bytes(folder)

@@ -189,12 +189,12 @@ def prepare(
                     name = f"{written // IMAGES_PER_FOLDER:05d}/img{written:08d}.png"
                     writer.write(name, res.png)
                     written_bytes += len(res.png)
-                    if written % _SPACE_CHECK_EVERY == 0:
-                        _check_room(dest, written, written_bytes, processed, total)
                     files.append([name, item.name])
                     if src.has_labels:
                         out_labels.append([name, item.label])
                     written += 1
+                    if written % _SPACE_CHECK_EVERY == 0:
+                        _check_room(dest, written, written_bytes, processed, total)
                 done = written if max_images is not None else processed
                 if bar is not None:
                     bar.n = done
