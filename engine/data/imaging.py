@@ -33,6 +33,7 @@ BOMB = "decompression-bomb"
 DUPLICATE = "duplicate"
 NO_LABEL = "no-label"
 CRASHED = "decoder-crashed"
+UNSAFE_PATH = "unsafe-path"  # a zip member named outside its archive (`..`, absolute); found while listing
 
 FILTERS = {"lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from engine.data import LABEL_MODES
+from engine.data.imaging import UNSAFE_PATH
 from engine.errors import UserError
 
 # File names that belong to the archive format rather than to the pictures: never offered to the decoder.
@@ -107,9 +108,6 @@ def open_source(spec: str | os.PathLike, labels: str = "auto") -> Source:
 # ----------------------------------------------------------------------------------------------------------------
 # Folders and zips: every file is offered to the decoder (a JPEG without an extension is still a JPEG); the ones
 # that are not pictures are reported as such rather than silently ignored.
-
-
-UNSAFE_PATH = "unsafe-path"
 
 
 def _unsafe_member(name: str) -> bool:
