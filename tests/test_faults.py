@@ -93,6 +93,24 @@ def test_a_run_held_by_a_live_trainer_is_refused_naming_its_pid(data, finished_r
     assert len(runs.list_runs(outdir)) == 1
 
 
+def test_a_new_run_clears_temporaries_of_dead_runs_but_not_of_live_ones(data, finished_run, tmp_path, capsys):
+    outdir, dead_run = _copy_run(finished_run, tmp_path)
+    live_run = outdir / "00007-live"
+    live_run.mkdir()
+    holder = _hold_lock(live_run)
+    try:
+        dead_tmp = dead_run / ".network-snapshot-000000.pt.a1b2c3.tmp"
+        live_tmp = live_run / ".network-snapshot-000004.pt.d4e5f6.tmp"
+        for p in (dead_tmp, live_tmp):
+            p.write_bytes(b"\0" * 50_000)
+        assert train(tiny_options(data, outdir, kimg=0.004)) == 0  # a new run beside them
+        assert not dead_tmp.exists() and live_tmp.exists()
+        assert "removed 1 temporary file(s)" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock, "fcntl", None)
     run = tmp_path / "00000-x"

@@ -2,6 +2,7 @@
 
 import sys
 import traceback
+from pathlib import Path
 
 from engine.errors import UserError
 from engine.train import distributed
@@ -34,10 +35,11 @@ def claim_run(cfg):
     from engine.train import runlock
 
     lock = runlock.acquire(cfg.run_dir)
-    if lock.removed:
-        size = sum(n for _, n in lock.removed)
-        print(f"removed {len(lock.removed)} temporary file(s) ({format_bytes(size)}) left in {cfg.run_dir} by a "
-              f"training that was killed", flush=True)
+    removed = lock.removed + runlock.sweep_outdir(Path(cfg.run_dir).parent, cfg.run_dir)
+    if removed:
+        size = sum(n for _, n in removed)
+        print(f"removed {len(removed)} temporary file(s) ({format_bytes(size)}) left in {Path(cfg.run_dir).parent} "
+              f"by trainings that were killed", flush=True)
     return lock
 
 

@@ -7,7 +7,8 @@ start time into the file so that a refused trainer can say who holds the run. Wh
 flock, the pid in the file decides: a live pid refuses, a dead one is taken over.
 
 Holding the lock also proves that no writer of this folder is alive, so the temporary files of killed writers
-(`.network-snapshot-*.pt.*.tmp` can be as large as a snapshot) are removed when the lock is taken.
+(`.network-snapshot-*.pt.*.tmp` can be as large as a snapshot) are removed when the lock is taken; a trainer
+starting in an outdir also clears them from the other run folders there whose trainers are gone.
 """
 
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from engine.errors import UserError
 
 LOCK_NAME = ".train.lock"
+_PATIENCE_S = 2.0
 
 try:
     import fcntl
@@ -93,13 +95,19 @@ def acquire(run_dir):
     try:
         locked = False
         if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                raise _refusal(run_dir, read_owner(run_dir)) from None
-            except OSError:
-                locked = False  # no flock on this file system (some network mounts): fall back to the pid
+            deadline = time.monotonic() + _PATIENCE_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                    break
+                except BlockingIOError:
+                    # Another trainer's sweep (below) holds a lock for milliseconds only: wait that out.
+                    if time.monotonic() > deadline:
+                        raise _refusal(run_dir, read_owner(run_dir)) from None
+                    time.sleep(0.05)
+                except OSError:
+                    break  # no flock on this file system (some network mounts): fall back to the pid
         if not locked:
             owner = read_owner(run_dir)
             pid = (owner or {}).get("pid")
@@ -114,19 +122,58 @@ def acquire(run_dir):
     return RunLock(run_dir, fd, remove_stale_temporaries(run_dir))
 
 
+def _stale_candidates(run_dir):
+    try:
+        return [p for p in Path(run_dir).iterdir()
+                if p.name.startswith(".") and p.name.endswith(".tmp") and p.name != LOCK_NAME]
+    except OSError:
+        return []
+
+
+def sweep_outdir(outdir, own_run_dir=None):
+    """Remove the temporaries that killed trainers left in the other run folders of `outdir` (runs that may never
+    be resumed) -> [(name, bytes)]. A folder whose trainer is alive is left alone."""
+    from engine.train.runs import RUN_RE
+
+    removed = []
+    try:
+        folders = [p for p in Path(outdir).iterdir() if RUN_RE.match(p.name) and p.is_dir()]
+    except OSError:
+        return removed
+    own = Path(own_run_dir).resolve() if own_run_dir else None
+    for folder in folders:
+        if (own is not None and folder.resolve() == own) or not _stale_candidates(folder):
+            continue
+        if fcntl is None:
+            pid = (read_owner(folder) or {}).get("pid")
+            if pid and _pid_alive(pid):
+                continue
+            removed.extend(remove_stale_temporaries(folder))
+            continue
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # held: its trainer lives and its temporaries may be in progress
+        try:
+            removed.extend(remove_stale_temporaries(folder))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    return removed
+
+
 def remove_stale_temporaries(run_dir):
     """Delete `.<name>.<random>.tmp` files of the run folder (left by writers that were killed) -> [(name, bytes)].
 
     Only call while holding the run's lock: then no live process is writing them.
     """
     removed = []
-    try:
-        entries = list(Path(run_dir).iterdir())
-    except OSError:
-        return removed
-    for p in entries:
-        if not (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == LOCK_NAME:
-            continue
+    for p in _stale_candidates(run_dir):
         try:
             size = p.stat().st_size
             if p.is_file():
