@@ -93,6 +93,39 @@ def test_a_run_held_by_a_live_trainer_is_refused_naming_its_pid(data, finished_r
     assert len(runs.list_runs(outdir)) == 1
 
 
+@pytest.mark.slow
+def test_two_trainers_resuming_one_run_the_second_is_refused(data, finished_run, tmp_path):
+    """Two real `train --resume latest` processes: the first continues the run, the second exits with one line."""
+    import signal
+
+    from polling import wait_for
+
+    outdir, run = _copy_run(finished_run, tmp_path)
+    ticks_before = len(runs.read_stats(run))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-m", "engine", "train", "--data", str(data), "--outdir", str(outdir), "--resume",
+            "latest", "--kimg", "100", "--tick", "0.004", "--workers", "0", "--progress", "0"]
+    first = subprocess.Popen(args, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(runs.read_stats(run)) > ticks_before or first.poll() is not None, 120,
+                 "the first trainer to continue the run")
+        assert first.poll() is None
+        second = subprocess.run(args, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.strip()
+        assert err == err.splitlines()[-1] and err.startswith("error: run folder ")
+        assert f"in use by training process pid {first.pid}" in err
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    ticks = [s["Progress/tick"]["mean"] for s in runs.read_stats(run)]
+    assert ticks == list(range(len(ticks)))  # every tick logged once
+    assert runs.read_status(run)["state"] == "stopped"
+
+
 def test_a_new_run_clears_temporaries_of_dead_runs_but_not_of_live_ones(data, finished_run, tmp_path, capsys):
     outdir, dead_run = _copy_run(finished_run, tmp_path)
     live_run = outdir / "00007-live"
