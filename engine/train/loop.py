@@ -268,7 +268,10 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
         message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         if isinstance(e, KeyboardInterrupt):
             message = "interrupted"
-        log.line(f"failed: {message}")
+        try:
+            log.line(f"failed: {message}")
+        except OSError:
+            pass  # a full disk may refuse the log line too; the error itself must still reach the user
         status.fail(message)
         raise
     finally:

@@ -189,6 +189,11 @@ def check_numbers(options: TrainOptions):
         value = getattr(options, name, None)
         if value is None:
             continue
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise UserError(f"{flag} {value!r} is not a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{flag} {value!r} is not a number")
         if not math.isfinite(value):
