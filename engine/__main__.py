@@ -46,10 +46,10 @@ def main(argv=None):
         # Two file-system failures every command can meet, each with its own line rather than the catch-all.
         from engine.fsutil import disk_full_line, name_too_long_message
 
+        if os.environ.get("STUDIO_DEBUG"):
+            raise
         line = name_too_long_message(e, "the path") or disk_full_line(e)
-        if line is None or os.environ.get("STUDIO_DEBUG"):
-            if os.environ.get("STUDIO_DEBUG"):
-                raise
+        if line is None:
             print(f"error: {type(e).__name__}: {e} (set STUDIO_DEBUG=1 for the full traceback)", file=sys.stderr)
             return 1
         print(f"error: {line}", file=sys.stderr)

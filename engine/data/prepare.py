@@ -222,12 +222,12 @@ def prepare(
             skipped=skipped, elapsed_s=time.monotonic() - t0, source=str(source),
         )
         report = _report_doc(result, src, opts, files, processed, len(items), dedupe, max_images, shuffle_seed)
-        _commit_pair(writer.tmp, dest, report, written_bytes)
+        _commit_pair(writer.tmp, dest, report)
     except OSError as e:
         writer.abort()
         if is_disk_full(e):
-            raise UserError(disk_full_message(dest, max(written_bytes, 1) * max(total, 1) // max(written, 1)
-                                              + _REPORT_RESERVE, f"the dataset ({total} images)")
+            need = written_bytes * total // written if written else total * raw_bytes // 8
+            raise UserError(disk_full_message(dest, need + _REPORT_RESERVE, f"the dataset ({total} images)")
                             + "; the previous dataset and report, if any, are unchanged") from None
         too_long = name_too_long_message(e, "--dest")
         if too_long:
@@ -255,7 +255,7 @@ def _check_room(dest: Path, written: int, written_bytes: int, processed: int, to
                      f"the rest of the dataset ({total - processed} more pictures)")
 
 
-def _commit_pair(tmp: Path, dest: Path, report: dict, data_bytes: int) -> None:
+def _commit_pair(tmp: Path, dest: Path, report: dict) -> None:
     """Put the finished dataset `tmp` and its report in place together: both new, or (on any failure) both old.
 
     The report is written in full to a temporary first (the only step that needs space); then the old pair is
