@@ -18,7 +18,7 @@ import torch
 
 from engine.train import distributed, runs
 from engine.train.launch import train
-from test_train_helpers import make_dataset, tiny_options
+from train_helpers import make_dataset, tiny_options
 
 ROOT = Path(__file__).resolve().parents[1]
 

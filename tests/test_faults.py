@@ -16,7 +16,7 @@ from engine import fsutil
 from engine.errors import UserError
 from engine.train import runlock, runs
 from engine.train.launch import train
-from test_train_helpers import make_dataset, tiny_options
+from train_helpers import make_dataset, tiny_options
 
 ROOT = Path(__file__).resolve().parents[1]
 ENFORCE_FAIL = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: "

@@ -15,7 +15,8 @@ from PIL import Image
 from engine.errors import UserError
 from engine.train import runs
 from engine.train.launch import train
-from test_train_helpers import make_dataset, tensors_equal, tiny_options
+from polling import wait_for
+from train_helpers import make_dataset, tensors_equal, tiny_options
 
 ROOT = Path(__file__).resolve().parents[1]
 NVIDIA_KEYS = ["Progress/tick", "Progress/kimg", "Progress/augment", "Timing/total_sec", "Timing/sec_per_tick",
@@ -118,24 +119,14 @@ def _cli_args(data, outdir, *extra):
             "--cmax", "16", "--map", "1", "--workers", "0", "--seed", "1", "--progress", "0", *extra]
 
 
-def _wait_for(pred, proc, timeout=240):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        if proc.poll() is not None:
-            return pred()
-        time.sleep(0.2)
-    return False
-
-
 def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path):
     proc = _start(_cli_args(data, tmp_path / "runs", "--kimg", "100", "--tick", "0.004", "--snap", "1000"), tmp_path)
     try:
         def ticking():
             found = runs.list_runs(tmp_path / "runs")
             return bool(found) and len(runs.read_stats(found[0]["path"])) >= 2
-        assert _wait_for(ticking, proc), (tmp_path / "out.txt").read_text()
+        wait_for(ticking, 240, "two ticks in stats.jsonl", interval=0.2, proc=proc,
+                 log=tmp_path / "out.txt")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=240) == 0
     finally:
@@ -160,7 +151,8 @@ def test_kill9_leaves_a_loadable_snapshot_and_resume_latest_continues(data, tmp_
         def two_snapshots_and_more():
             found = runs.list_runs(outdir)
             return bool(found) and len(runs.read_stats(found[0]["path"])) >= 4
-        assert _wait_for(two_snapshots_and_more, proc), (tmp_path / "out.txt").read_text()
+        wait_for(two_snapshots_and_more, 240, "four ticks in stats.jsonl", interval=0.2, proc=proc,
+                 log=tmp_path / "out.txt")
     finally:
         proc.kill()  # SIGKILL: no handler runs
         proc.wait()

@@ -4,7 +4,7 @@ settings. Skipped where there is no GPU."""
 import pytest
 import torch
 
-from test_train_helpers import make_dataset, tiny_options
+from train_helpers import make_dataset, tiny_options
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

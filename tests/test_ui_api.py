@@ -196,7 +196,7 @@ def test_generate_errors_are_messages(served):
                 "const")
 
 
-def test_concurrent_generation_is_queued(served):
+def test_concurrent_generation_requests_are_all_served(served):
     _, client = served
     jobs = [client.submit("uploaded / tiny16.pt", f"{i * 4}-{i * 4 + 3}", 0.7, None, "const", api_name="/generate")
             for i in range(4)]
