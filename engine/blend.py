@@ -163,9 +163,14 @@ def blend_files(a, b, split, out, mapping="a", overwrite=False, log=print):
     low = [r for r in res if r <= split]
     high = [r for r in res if r > split]
     _save(G, out, la.get("dataset"), {"blend": {"a": str(a), "b": str(b), "split": split, "mapping": mapping}})
-    log(f"wrote {out}: blocks {low[0]}-{low[-1]} from {a}, {high[0]}-{high[-1]} from {b}, "
-        f"mapping from {a if mapping == 'a' else b}")
+    log(f"wrote {out}: {_span(low)} from {a}, {_span(high)} from {b}, mapping from {a if mapping == 'a' else b}")
     return out
+
+
+def _span(resolutions):
+    if len(resolutions) == 1:
+        return f"block {resolutions[0]}"
+    return f"blocks {resolutions[0]}-{resolutions[-1]}"
 
 
 def average_files(paths, out, overwrite=False, log=print):
