@@ -193,3 +193,25 @@ def test_trainer_logs_warnings_and_writes_events(tmp_path):
     assert log.count("warning: ADA p is at its ceiling") == 1  # said once while it lasts, not every tick
     if tensorboard.available():
         assert [p for p in run.iterdir() if p.name.startswith("events.out.tfevents.")]
+
+
+def test_best_snapshot_from_metric_files(tmp_path):
+    assert health.best_snapshot(tmp_path) is None
+
+    def metric(name, snap, value):
+        with open(tmp_path / f"metric-{name}.jsonl", "a") as f:
+            f.write(json.dumps({"results": {name: value}, "metric": name, "snapshot_pkl": snap}) + "\n")
+
+    for kimg, fid, kid in ((0, 300.0, 0.30), (40, 80.5, 0.021), (80, 95.0, 0.019)):
+        (tmp_path / f"network-snapshot-{kimg:06d}.pt").write_bytes(b"x")
+        metric("fid1k", f"network-snapshot-{kimg:06d}.pt", fid)
+        metric("kid1k", f"network-snapshot-{kimg:06d}.pt", kid)
+    metric("kid1k", "network-snapshot-000120.pt", math.nan)  # a failed measurement never wins
+    best = health.best_snapshot(tmp_path)
+    assert best["metric"] == "fid1k" and best["kimg"] == 40 and best["label"] == "best: kimg 40, FID 80.50"
+    assert best["path"] == tmp_path / "network-snapshot-000040.pt"
+    best = health.best_snapshot(tmp_path, metric="kid1k")
+    assert best["snapshot"] == "network-snapshot-000080.pt" and best["label"] == "best: kimg 80, KID 0.0190"
+    (tmp_path / "network-snapshot-000080.pt").unlink()
+    assert health.best_snapshot(tmp_path, metric="kid1k")["path"] is None
+    assert health.best_snapshot(tmp_path, metric="fid50k_full") is None

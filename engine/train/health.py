@@ -11,10 +11,13 @@ observer can (a process that stopped ticking).
     stalled         no tick for several tick-times (check_stalled, from status.json and stats.jsonl)
     disk            too little free space for the next snapshot
 
+best_snapshot(run_dir) names the snapshot with the lowest FID/KID measured so far ('best: kimg 840, KID 0.021').
+
 Records are dicts as in stats.jsonl: {'Progress/kimg': {'num', 'mean', 'std'}, ..., 'timestamp': seconds}.
 """
 
 import math
+import re
 import shutil
 import statistics
 import time
@@ -315,3 +318,44 @@ class Monitor:
             if kind not in kinds:
                 del self._last_logged[kind]
         return lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The best snapshot so far, from the metrics computed at snapshots
+
+
+_SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)")
+
+
+def best_snapshot(run_dir, metric=None):
+    """The snapshot with the lowest FID/KID in the run's metric-<name>.jsonl files, or None when none is measured.
+
+    metric: the metric to rank by (e.g. 'kid1k'); None: the one measured at the most snapshots (ties: fid first).
+    -> {'metric', 'value', 'snapshot' (file name), 'path' (Path, None when the file is gone), 'kimg', 'label'}
+    where label reads 'best: kimg 840, KID 0.021'. FID and KID are both lower-is-better.
+    """
+    from engine.train import runs
+
+    run_dir = Path(run_dir)
+    points = {}
+    for name, records in runs.read_metrics(run_dir).items():
+        for r in records:
+            value_ = (r.get("results") or {}).get(name) if isinstance(r.get("results"), dict) else None
+            snap = r.get("snapshot_pkl")
+            if not isinstance(value_, (int, float)) or not math.isfinite(value_) or not isinstance(snap, str):
+                continue
+            m = _SNAPSHOT_KIMG.search(snap)
+            kimg = int(m.group(1)) if m else None
+            points.setdefault(name, {})[snap] = (float(value_), kimg)  # a re-measured snapshot: the latest value
+    if not points:
+        return None
+    if metric is None:
+        metric = min(points, key=lambda n: (-len(points[n]), not n.startswith("fid"), n))
+    elif metric not in points:
+        return None
+    snap, (best, kimg) = min(points[metric].items(), key=lambda kv: (kv[1][0], kv[1][1] or 0))
+    path = run_dir / snap
+    kind = "KID" if metric.startswith("kid") else "FID"
+    shown = f"{best:.4f}" if kind == "KID" else f"{best:.2f}"
+    return {"metric": metric, "value": best, "snapshot": snap, "path": path if path.is_file() else None,
+            "kimg": kimg, "label": f"best: kimg {kimg if kimg is not None else '?'}, {kind} {shown}"}
