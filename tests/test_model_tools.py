@@ -125,6 +125,13 @@ def test_onnx_unconditional_has_no_c_input(tmp_path):
     assert np.abs(got - reference(G, z, None, 0.8)).max() < 1e-4
 
 
+def test_command_lists_every_format():
+    from engine import export
+    from engine.commands import export as command
+
+    assert command.FORMATS == export.FORMATS
+
+
 def test_export_refuses_to_overwrite_and_bad_names(tmp_path, capsys):
     net = save_G(tiny_G(res=8, channel_base=64), tmp_path / "net.pt")
     out = tmp_path / "g.safetensors"

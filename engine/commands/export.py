@@ -5,9 +5,11 @@ File layouts: engine/export.py and docs/FORMATS.md.
 """
 
 
-def add_arguments(parser):
-    from engine.export import FORMATS
+# engine.export.FORMATS, written out so that parsing the command line does not import torch
+FORMATS = ("safetensors", "torchscript", "onnx")
 
+
+def add_arguments(parser):
     parser.add_argument("--network", required=True, metavar="PATH",
                         help="network: our .pt snapshot/export, a safetensors export or NVIDIA's .pkl")
     parser.add_argument("--format", required=True, choices=FORMATS,
