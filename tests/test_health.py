@@ -46,6 +46,8 @@ def test_p_at_ceiling_and_rising_fast():
     # The same rise over ten times the kimg is ADA doing its ordinary work.
     slow = [rec(100.0 + 100 * i, p=0.2 + 0.02 * i) for i in range(5)]
     assert health.check_overfitting(slow, ada_kimg=500) == []
+    # A fixed p (--aug fixed) is the user's choice, not a sign of overfitting.
+    assert health.check_overfitting(at_ceiling, adaptive=False) == []
 
 
 def test_real_sign_near_one_only_when_sustained():

@@ -66,6 +66,9 @@ def test_safetensors_pair_loads_back_identical(tmp_path, capsys):
         loaded = load_network(path)
         assert loaded["source"] == "safetensors" and loaded["D"] is None
         np.testing.assert_array_equal(reference(loaded["G_ema"], z, c, 0.6), want)
+    # An export is a network like any other: it exports again.
+    assert main(["export", "--network", str(out), "--format", "torchscript", "--out", str(tmp_path / "g.ts")]) == 0
+    assert "max abs difference 0 " in capsys.readouterr().out
     # The weights alone still load: the description is also in the file's header.
     (tmp_path / "out" / "g.json").unlink()
     np.testing.assert_array_equal(reference(load_network(out)["G_ema"], z, c, 0.6), want)

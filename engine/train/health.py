@@ -87,11 +87,14 @@ def _kimg_text(kimg):
 # From the statistics of each tick
 
 
-def check_overfitting(records, ada_kimg=500.0, ada_target=0.6, limits=None):
-    """D overfitting: ADA p at its ceiling or rising near ADA's top speed, or the real sign near 1."""
+def check_overfitting(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, limits=None):
+    """D overfitting: ADA p at its ceiling or rising near ADA's top speed, or the real sign near 1.
+
+    adaptive: whether ADA sets p (--aug ada); a fixed p (--aug fixed --p X) says nothing about overfitting.
+    """
     lim = limits or Limits()
     out = []
-    p = series(records, AUGMENT)[-lim.window:]
+    p = series(records, AUGMENT)[-lim.window:] if adaptive else []
     if p:
         kimg, p_now = p[-1]
         if p_now >= lim.p_ceiling - lim.p_ceiling_margin:
@@ -151,9 +154,9 @@ def check_divergence(records, limits=None):
     return out
 
 
-def check_records(records, ada_kimg=500.0, ada_target=0.6, limits=None):
+def check_records(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, limits=None):
     """Every check that needs only the statistics records."""
-    return (check_overfitting(records, ada_kimg=ada_kimg, ada_target=ada_target, limits=limits)
+    return (check_overfitting(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
             + check_divergence(records, limits=limits))
 
 
@@ -259,7 +262,8 @@ def check_run(run_dir, now=None, limits=None):
     options = runs.read_options(run_dir) or {}
     ada_kimg = options.get("ada_kimg") if isinstance(options.get("ada_kimg"), (int, float)) else 500.0
     ada_target = options.get("ada_target") if isinstance(options.get("ada_target"), (int, float)) else 0.6
-    out = check_records(records, ada_kimg=ada_kimg, ada_target=ada_target, limits=limits)
+    adaptive = options.get("aug", "ada") == "ada"
+    out = check_records(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
     out += check_stalled(run_dir, records=records, now=now, limits=limits)
     status = runs.read_status(run_dir)
     if status and status.get("state") == "running":
@@ -280,10 +284,12 @@ class Monitor:
     """Checks each tick's statistics and the disk; returns the lines to log, each kind again only every
     `repeat_ticks` ticks while it lasts (and at once when it comes back after clearing)."""
 
-    def __init__(self, run_dir, ada_kimg=500.0, ada_target=0.6, repeat_ticks=50, history=100, limits=None):
+    def __init__(self, run_dir, ada_kimg=500.0, ada_target=0.6, adaptive=True, repeat_ticks=50, history=100,
+                 limits=None):
         self.run_dir = Path(run_dir) if run_dir else None
         self.ada_kimg = ada_kimg
         self.ada_target = ada_target
+        self.adaptive = adaptive
         self.repeat_ticks = repeat_ticks
         self.history = history
         self.limits = limits or Limits()
@@ -298,7 +304,7 @@ class Monitor:
         try:
             self.records = (self.records + [entries])[-self.history:]
             found = check_records(self.records, ada_kimg=self.ada_kimg, ada_target=self.ada_target,
-                                  limits=self.limits)
+                                  adaptive=self.adaptive, limits=self.limits)
             if self.run_dir is not None:
                 found += check_disk(self.run_dir, limits=self.limits)
         except Exception as e:  # a health check must never stop training

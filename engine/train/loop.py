@@ -131,7 +131,8 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
         status.update("running", progress, message="training")
 
         # Warnings with what to do (log.txt) and TensorBoard events beside stats.jsonl: rank 0 only.
-        monitor = health.Monitor(cfg.run_dir, ada_kimg=cfg.ada_kimg, ada_target=cfg.ada_target) if env.is_main else None
+        monitor = health.Monitor(cfg.run_dir, ada_kimg=cfg.ada_kimg, ada_target=cfg.ada_target,
+                                 adaptive=cfg.aug == "ada") if env.is_main else None
         events = tensorboard.EventLog(cfg.run_dir if env.is_main else None, log.line)
 
         # ---- 9. The loop -----------------------------------------------------------------------------------
