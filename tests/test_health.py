@@ -217,3 +217,30 @@ def test_best_snapshot_from_metric_files(tmp_path):
     (tmp_path / "network-snapshot-000080.pt").unlink()
     assert health.best_snapshot(tmp_path, metric="kid1k")["path"] is None
     assert health.best_snapshot(tmp_path, metric="fid50k_full") is None
+
+
+def test_metrics_record_the_fake_spread_and_a_drop_is_mode_collapse(tmp_path):
+    from engine.metrics import append_metric_jsonl, compute_many
+    from test_metrics import ProjectionDetector, ReplayGenerator, shape_images, write_dataset_zip
+
+    images = shape_images(30, res=8, seed=5)
+    data = write_dataset_zip(tmp_path / "d.zip", images)
+    out = compute_many(["kid20", "kid10_full"], ReplayGenerator(images), data, "cpu", batch=8,
+                       cache_dir=tmp_path / "c", detector=ProjectionDetector())
+    # The replayed fakes are the first 20 reals: the same spread; 10 of them against all 30 reals: a different one.
+    assert out[0]["fake_spread_ratio"] == pytest.approx(1.0)
+    assert out[1]["fake_spread_ratio"] != pytest.approx(1.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    append_metric_jsonl(run, out[0], "network-snapshot-000000.pt")
+    assert json.loads((run / "metric-kid20.jsonl").read_text())["fake_spread_ratio"] == pytest.approx(1.0)
+
+    def at(kimg, ratio, t):
+        return {"metric": "kid1k", "snapshot_pkl": f"network-snapshot-{kimg:06d}.pt", "fake_spread_ratio": ratio,
+                "timestamp": t}
+
+    # An untrained network's fakes are alike: low at the start is not collapse; a fall from a healthy level is.
+    assert health.check_metric_spread({"kid1k": [at(0, 0.2, 1), at(40, 0.25, 2)]}) == []
+    (w,) = health.check_metric_spread({"kid1k": [at(0, 0.2, 1), at(40, 0.9, 2), at(80, 0.3, 3)]})
+    assert w.kind == "collapse" and "kimg 80.0" in w.message and "down from 90%" in w.message
+    assert health.check_metric_spread({"kid1k": [at(40, 0.9, 2), at(80, 0.8, 3)]}) == []

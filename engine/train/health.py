@@ -7,7 +7,8 @@ observer can (a process that stopped ticking).
 
     D overfitting   ADA p at its ceiling or rising near ADA's top speed; the real sign near 1
     divergence      a loss that is NaN/Inf or several times its recent level; NaN-skipped steps piling up
-    mode collapse   fake features far less spread than real ones (check_mode_collapse, given features)
+    mode collapse   fake features far less spread than real ones (check_mode_collapse, given features; at
+                    snapshots with metrics, from the fake_spread_ratio the FID/KID computation records)
     stalled         no tick for several tick-times (check_stalled, from status.json and stats.jsonl)
     disk            too little free space for the next snapshot
 
@@ -34,6 +35,7 @@ LOSS_D = "Loss/D/loss"
 NAN_SKIPS = "Progress/nan_skips"  # training steps skipped in the tick for a NaN/Inf loss or gradient
 SEC_PER_TICK = "Timing/sec_per_tick"
 MAINTENANCE = "Timing/maintenance_sec"
+_SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)")  # kimg from a snapshot's file name
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,9 @@ def feature_spread(features):
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"features must be [N >= 2, D], got shape {list(x.shape)}")
-    return float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()))
+    # mean |x|^2 - |mean x|^2: no [N, D] temporary, which matters for 50k x 2048 features
+    mean = x.mean(axis=0)
+    return float(np.sqrt(max(np.einsum("ij,ij->", x, x) / x.shape[0] - mean @ mean, 0.0)))
 
 
 def check_mode_collapse(real_features, fake_features, kimg=None, limits=None):
@@ -188,6 +192,33 @@ def check_mode_collapse(real_features, fake_features, kimg=None, limits=None):
         f"mode collapse: generated images are far less varied than the dataset at {_kimg_text(kimg)} (feature "
         f"spread {ratio:.0%} of the reals'); resume from an earlier snapshot, use --aug ada with more data, or a "
         f"higher --gamma"))]
+
+
+def check_metric_spread(metrics, limits=None):
+    """Mode collapse from the metric records ({name: [metric-<name>.jsonl records]}): the newest snapshot's
+    fake_spread_ratio (fake / real feature spread, written by the FID/KID computation) is below collapse_ratio
+    and has fallen well below the run's best. An untrained network's fakes are alike too, so only a drop counts.
+    """
+    lim = limits or Limits()
+    points = []
+    for records in (metrics or {}).values():
+        for r in records:
+            ratio = r.get("fake_spread_ratio")
+            if isinstance(ratio, (int, float)) and math.isfinite(ratio) and isinstance(r.get("snapshot_pkl"), str):
+                points.append((r.get("timestamp") or 0, r["snapshot_pkl"], float(ratio)))
+    if len(points) < 2:
+        return []
+    points.sort()
+    _, snap, now = points[-1]
+    best = max(ratio for _, _, ratio in points[:-1])
+    if now >= lim.collapse_ratio or now >= 0.7 * best:
+        return []
+    m = _SNAPSHOT_KIMG.search(snap)
+    kimg = float(m.group(1)) if m else None
+    return [HealthWarning("collapse", (
+        f"mode collapse: generated images are far less varied than the dataset at {_kimg_text(kimg)} (feature "
+        f"spread {now:.0%} of the reals', down from {best:.0%}); resume from the snapshot before the drop, use "
+        f"--aug ada with more data, or a higher --gamma"))]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -264,6 +295,7 @@ def check_run(run_dir, now=None, limits=None):
     ada_target = options.get("ada_target") if isinstance(options.get("ada_target"), (int, float)) else 0.6
     adaptive = options.get("aug", "ada") == "ada"
     out = check_records(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
+    out += check_metric_spread(runs.read_metrics(run_dir), limits=limits)
     out += check_stalled(run_dir, records=records, now=now, limits=limits)
     status = runs.read_status(run_dir)
     if status and status.get("state") == "running":
@@ -306,7 +338,10 @@ class Monitor:
             found = check_records(self.records, ada_kimg=self.ada_kimg, ada_target=self.ada_target,
                                   adaptive=self.adaptive, limits=self.limits)
             if self.run_dir is not None:
+                from engine.train import runs
+
                 found += check_disk(self.run_dir, limits=self.limits)
+                found += check_metric_spread(runs.read_metrics(self.run_dir), limits=self.limits)
         except Exception as e:  # a health check must never stop training
             if self._failed:
                 return []
@@ -328,9 +363,6 @@ class Monitor:
 
 # --------------------------------------------------------------------------------------------------------------
 # The best snapshot so far, from the metrics computed at snapshots
-
-
-_SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)")
 
 
 def best_snapshot(run_dir, metric=None):
