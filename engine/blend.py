@@ -150,7 +150,10 @@ def _save(G, out, dataset, derived):
 
 
 def blend_files(a, b, split, out, mapping="a", overwrite=False, log=print):
-    """Blend the networks in files a and b (see the module docstring) and write G_ema to `out` (.pt)."""
+    """Blend the networks in files a and b (see the module docstring) and write G_ema to `out` (.pt).
+
+    Returns {'path': out, 'from_a': [block resolutions from a], 'from_b': [those from b]}.
+    """
     from engine.checkpoint import load_network
 
     out = _check_output(out, [a, b], overwrite)
@@ -163,11 +166,11 @@ def blend_files(a, b, split, out, mapping="a", overwrite=False, log=print):
     low = [r for r in res if r <= split]
     high = [r for r in res if r > split]
     _save(G, out, la.get("dataset"), {"blend": {"a": str(a), "b": str(b), "split": split, "mapping": mapping}})
-    log(f"wrote {out}: {_span(low)} from {a}, {_span(high)} from {b}, mapping from {a if mapping == 'a' else b}")
-    return out
+    log(f"wrote {out}: {span_text(low)} from {a}, {span_text(high)} from {b}, mapping from {a if mapping == 'a' else b}")
+    return {"path": out, "from_a": low, "from_b": high}
 
 
-def _span(resolutions):
+def span_text(resolutions):
     if len(resolutions) == 1:
         return f"block {resolutions[0]}"
     return f"blocks {resolutions[0]}-{resolutions[-1]}"

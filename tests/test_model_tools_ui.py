@@ -51,7 +51,9 @@ def test_blend_and_average_land_in_the_picker(studio):
     newer, older = labels(studio)
     label, path, report = model_tools.blend_networks(studio, older, newer, 4, "a")
     assert label == f"uploaded / {path.rsplit('/', 1)[-1]}" and label in labels(studio)
-    assert "block 4 from" in report and "block 8 from" in report and "now in the network list" in report
+    assert report == (f"Blended: block 4 from {older}, block 8 from {newer}, the mapping network from {older}. "
+                      f"The result is in the network list as {label}.")
+    assert label == "uploaded / blend-00000-kimg000000-00000-kimg000004-split4.pt"
     G = load_network(path)["G_ema"].state_dict()
     src_b = load_network(network_choices(studio)[newer])["G_ema"].state_dict()
     assert torch.equal(G["synthesis.b8.conv1.weight"], src_b["synthesis.b8.conv1.weight"])

@@ -8,6 +8,7 @@ uploads/networks/, where the picker lists them, and the picker is switched to th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -37,7 +38,11 @@ def _path(studio: Studio, choices, label, what="network") -> Path:
 
 
 def _stem(label: str) -> str:
-    return safe_name(Path(str(label).split(" / ")[-1]).stem, "network")
+    """A short file-name part for a picker label: '00003-cats / network-snapshot-000840.pt' -> '00003-kimg000840'."""
+    parts = str(label).split(" / ")
+    name = Path(parts[-1]).stem.replace("network-snapshot-", "kimg")
+    run = re.match(r"^(\d{5})-", parts[0]) if len(parts) > 1 else None
+    return safe_name(f"{run.group(1)}-{name}" if run else name, "network")
 
 
 def _new_network_path(studio: Studio, name: str) -> Path:
@@ -66,16 +71,17 @@ def export_network(studio: Studio, label: str, fmt: str, choices=_default_choice
 
 def blend_networks(studio: Studio, label_a: str, label_b: str, split, mapping: str = "a", choices=_default_choices):
     """Blend A (low resolutions) with B (high) -> (new picker label, path, report)."""
-    from engine.blend import blend_files
+    from engine.blend import blend_files, span_text
 
     a = _path(studio, choices, label_a, "network A")
     b = _path(studio, choices, label_b, "network B")
     if split in (None, ""):
         raise UserError("choose the split resolution: the highest resolution taken from network A")
-    out = _new_network_path(studio, f"blend-{_stem(label_a)}-{_stem(label_b)}-{int(split)}")
-    lines = []
-    blend_files(str(a), str(b), int(split), out, mapping=mapping, log=lines.append)
-    return _label_of(studio, out, choices), str(out), _report(lines, out)
+    out = _new_network_path(studio, f"blend-{_stem(label_a)}-{_stem(label_b)}-split{int(split)}")
+    done = blend_files(str(a), str(b), int(split), out, mapping=mapping, log=lambda *_: None)
+    report = (f"Blended: {span_text(done['from_a'])} from {label_a}, {span_text(done['from_b'])} from {label_b}, "
+              f"the mapping network from {label_a if mapping == 'a' else label_b}. {_listed(out)}")
+    return _label_of(studio, out, choices), str(out), report
 
 
 def average_networks(studio: Studio, labels, choices=_default_choices):
@@ -87,9 +93,8 @@ def average_networks(studio: Studio, labels, choices=_default_choices):
         raise UserError("pick at least two networks to average")
     paths = [str(_path(studio, choices, x)) for x in labels]
     out = _new_network_path(studio, f"average-{len(paths)}-{_stem(labels[0])}")
-    lines = []
-    average_files(paths, out, log=lines.append)
-    return _label_of(studio, out, choices), str(out), _report(lines, out)
+    average_files(paths, out, log=lambda *_: None)
+    return _label_of(studio, out, choices), str(out), f"Averaged {len(paths)} networks. {_listed(out)}"
 
 
 def _label_of(studio: Studio, path: Path, choices) -> str | None:
@@ -99,11 +104,8 @@ def _label_of(studio: Studio, path: Path, choices) -> str | None:
     return None
 
 
-def _report(lines, out: Path) -> str:
-    from ui.common import mask_paths
-
-    detail = mask_paths(" ".join(lines)).replace(str(out.parent) + "/", "")
-    return f"{detail}. It is now in the network list as uploaded / {out.name}."
+def _listed(out: Path) -> str:
+    return f"The result is in the network list as uploaded / {out.name}."
 
 
 def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
