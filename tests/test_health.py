@@ -137,6 +137,25 @@ def test_monitor_logs_each_kind_once_until_it_clears(tmp_path, monkeypatch):
     assert len(monitor.tick(rec(51.0, p=0.99))) == 1  # back after clearing: said again at once
 
 
+def test_monitor_names_each_new_best_snapshot(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(health.shutil, "disk_usage", lambda p: usage(10 ** 12, 0, 10 ** 11))
+    monitor = health.Monitor(tmp_path)
+
+    def measured(kimg, fid):
+        with open(tmp_path / "metric-fid1k.jsonl", "a") as f:
+            f.write(json.dumps({"results": {"fid1k": fid}, "metric": "fid1k",
+                                "snapshot_pkl": f"network-snapshot-{kimg:06d}.pt"}) + "\n")
+
+    assert monitor.tick(rec(1.0)) == []
+    measured(4, 120.0)
+    assert monitor.tick(rec(4.0)) == ["best: kimg 4, FID 120.00 (network-snapshot-000004.pt)"]
+    measured(8, 130.0)
+    assert monitor.tick(rec(8.0)) == []  # worse: the best stays, nothing to say
+    measured(12, 90.0)
+    assert monitor.tick(rec(12.0)) == ["best: kimg 12, FID 90.00 (network-snapshot-000012.pt)"]
+
+
 def test_monitor_never_stops_training(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("bad record")

@@ -313,8 +313,9 @@ def as_markdown(warnings):
 
 
 class Monitor:
-    """Checks each tick's statistics and the disk; returns the lines to log, each kind again only every
-    `repeat_ticks` ticks while it lasts (and at once when it comes back after clearing)."""
+    """Checks each tick's statistics, the disk and the metrics; returns the lines to log: each kind of warning
+    again only every `repeat_ticks` ticks while it lasts (at once when it comes back after clearing), and
+    'best: kimg 840, KID 0.021 (network-snapshot-000840.pt)' whenever a measured snapshot becomes the best."""
 
     def __init__(self, run_dir, ada_kimg=500.0, ada_target=0.6, adaptive=True, repeat_ticks=50, history=100,
                  limits=None):
@@ -328,6 +329,7 @@ class Monitor:
         self.records = []
         self.ticks = 0
         self._last_logged = {}  # kind -> tick it was last logged
+        self._best = None       # the best snapshot last named in the log
         self._failed = False
 
     def tick(self, entries):
@@ -337,11 +339,14 @@ class Monitor:
             self.records = (self.records + [entries])[-self.history:]
             found = check_records(self.records, ada_kimg=self.ada_kimg, ada_target=self.ada_target,
                                   adaptive=self.adaptive, limits=self.limits)
+            best = None
             if self.run_dir is not None:
                 from engine.train import runs
 
+                metrics = runs.read_metrics(self.run_dir)
                 found += check_disk(self.run_dir, limits=self.limits)
-                found += check_metric_spread(runs.read_metrics(self.run_dir), limits=self.limits)
+                found += check_metric_spread(metrics, limits=self.limits)
+                best = best_snapshot(self.run_dir, metrics=metrics)
         except Exception as e:  # a health check must never stop training
             if self._failed:
                 return []
@@ -358,6 +363,9 @@ class Monitor:
         for kind in list(self._last_logged):
             if kind not in kinds:
                 del self._last_logged[kind]
+        if best is not None and best["snapshot"] != self._best:
+            self._best = best["snapshot"]
+            lines.append(f"{best['label']} ({best['snapshot']})")
         return lines
 
 
@@ -365,18 +373,19 @@ class Monitor:
 # The best snapshot so far, from the metrics computed at snapshots
 
 
-def best_snapshot(run_dir, metric=None):
+def best_snapshot(run_dir, metric=None, metrics=None):
     """The snapshot with the lowest FID/KID in the run's metric-<name>.jsonl files, or None when none is measured.
 
     metric: the metric to rank by (e.g. 'kid1k'); None: the one measured at the most snapshots (ties: fid first).
     -> {'metric', 'value', 'snapshot' (file name), 'path' (Path, None when the file is gone), 'kimg', 'label'}
     where label reads 'best: kimg 840, KID 0.021'. FID and KID are both lower-is-better.
+    metrics: the run's metric records when already read ({name: records}, as runs.read_metrics returns).
     """
     from engine.train import runs
 
     run_dir = Path(run_dir)
     points = {}
-    for name, records in runs.read_metrics(run_dir).items():
+    for name, records in (runs.read_metrics(run_dir) if metrics is None else metrics).items():
         for r in records:
             value_ = (r.get("results") or {}).get(name) if isinstance(r.get("results"), dict) else None
             snap = r.get("snapshot_pkl")
