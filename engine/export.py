@@ -207,14 +207,13 @@ def _quiet_exporter():
     import io
     import logging
 
-    level = logging.root.level
-    logging.disable(logging.WARNING)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        logging.disable(logging.NOTSET)
-        logging.root.setLevel(level)
+        logging.disable(previous)
 
 
 # --------------------------------------------------------------------------------------------------------------

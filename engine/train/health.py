@@ -92,7 +92,8 @@ def _kimg_text(kimg):
 def check_overfitting(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, limits=None):
     """D overfitting: ADA p at its ceiling or rising near ADA's top speed, or the real sign near 1.
 
-    adaptive: whether ADA sets p (--aug ada); a fixed p (--aug fixed --p X) says nothing about overfitting.
+    adaptive: whether ADA sets p (--aug ada); a fixed p (--aug fixed --p X) says nothing about overfitting, and
+    the real sign is judged only without ADA.
     """
     lim = limits or Limits()
     out = []
@@ -112,12 +113,13 @@ def check_overfitting(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, li
                     f"ADA p is rising fast ({p[0][1]:.2f} -> {p_now:.2f} over {kimg - p[0][0]:.1f} kimg, near "
                     f"ADA's top speed): D is overfitting the dataset quickly; add images or --mirror 1, and watch "
                     f"the fakes for leaking augmentations (rotated or tinted images)")))
-    sign = [v for _, v in series(records, SIGN_REAL)[-lim.window:]]
+    # With ADA on, a high real sign is what raises p: the two p checks above say when that stops sufficing.
+    sign = [v for _, v in series(records, SIGN_REAL)[-lim.window:]] if not adaptive else []
     if len(sign) >= min(3, lim.window) and min(sign) >= lim.sign_real_max:
         out.append(HealthWarning("overfitting", (
             f"D is overfitting: its real sign has stayed at {sign[-1]:.2f} (1 = it is sure of every real image; ADA "
-            f"aims at {ada_target:g}); use --aug ada, add images or --mirror 1; the best snapshot is likely "
-            f"an earlier one")))
+            f"would hold it at {ada_target:g}); use --aug ada, add images or --mirror 1; the best snapshot is "
+            f"likely an earlier one")))
     return out
 
 
