@@ -1,4 +1,4 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info}: parse, call, exit.
+"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend}: parse, call, exit.
 
 Each sub-command lives in engine/commands/<name>.py with two functions:
     add_arguments(parser: argparse.ArgumentParser) -> None
@@ -18,6 +18,8 @@ COMMANDS = {
     "mix": "Make a style-mixing grid",
     "metrics": "Compute FID/KID of a network against a dataset",
     "info": "Show versions, devices and which path each op takes",
+    "export": "Export a generator as safetensors, TorchScript or ONNX (checked against the network)",
+    "blend": "Blend two networks at a resolution split, or average snapshots",
 }
 
 

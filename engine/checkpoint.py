@@ -398,6 +398,10 @@ def load_network(path, device="cpu"):
 
     path = _check_readable(path)
     device = torch.device(device)
+    from engine import export  # safetensors exports (source 'safetensors'): the weights or the .json beside them
+
+    if export.is_safetensors_export(path):
+        return export.load_safetensors_network(path, device)
     with open(path, "rb") as f:
         head = f.read(4)
     data = None

@@ -193,9 +193,13 @@ def compute_many(names, G, dataset_path, device, batch=32, progress=None, cache_
         else:
             values.append(kid_from_features(real_feats[count], gen[: s.num_gen], seed=seed))
     elapsed = time.time() - t0
+    from engine.train.health import feature_spread
+
     results = []
     for s, value in zip(specs, values):
         count = len(dataset) if s.full else min(s.num_gen, len(dataset))
+        # How varied the fakes are next to the reals, for the mode-collapse warning (engine/train/health.py).
+        spread_ratio = feature_spread(gen[: s.num_gen]) / max(feature_spread(real_feats[count]), 1e-12)
         results.append(
             {
                 "results": {s.name: value},
@@ -207,6 +211,7 @@ def compute_many(names, G, dataset_path, device, batch=32, progress=None, cache_
                 "num_real": count,
                 "num_gen": s.num_gen,
                 "real_cache_hit": cache_hits[count],
+                "fake_spread_ratio": spread_ratio,
             }
         )
     return results
@@ -238,7 +243,7 @@ def append_metric_jsonl(run_dir, result, snapshot_name=None):
         "snapshot_pkl": snapshot_name,
         "timestamp": time.time(),
     }
-    for key in ("detector", "num_real", "num_gen"):
+    for key in ("detector", "num_real", "num_gen", "fake_spread_ratio"):
         if key in result:
             record[key] = result[key]
     path = Path(run_dir) / f"metric-{result['metric']}.jsonl"

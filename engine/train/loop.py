@@ -26,7 +26,7 @@ import torch
 
 from engine.errors import UserError
 from engine.timefmt import format_time
-from engine.train import distributed, runs
+from engine.train import distributed, health, runs, tensorboard
 from engine.train.augment import AdaController, make_pipe
 from engine.train.loss import StyleGAN2Loss
 from engine.train.options import TrainConfig
@@ -130,6 +130,11 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
                     grid.save_fakes(G_ema, Path(cfg.run_dir) / "fakes_init.png", device, cfg.batch_gpu)
         status.update("running", progress, message="training")
 
+        # Warnings with what to do (log.txt) and TensorBoard events beside stats.jsonl: rank 0 only.
+        monitor = health.Monitor(cfg.run_dir, ada_kimg=cfg.ada_kimg, ada_target=cfg.ada_target,
+                                 adaptive=cfg.aug == "ada") if env.is_main else None
+        events = tensorboard.EventLog(cfg.run_dir if env.is_main else None, log.line)
+
         # ---- 9. The loop -----------------------------------------------------------------------------------
         total_nimg = int(round(cfg.total_kimg * 1000))
         if progress.cur_nimg >= total_nimg:
@@ -215,10 +220,13 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
             if env.is_main:
                 runs.append_jsonl(Path(cfg.run_dir) / "stats.jsonl", entries)
+                events.write(entries)
             log.line(f"tick {progress.tick:<5d} kimg {progress.cur_nimg / 1000:<9.3f} "
                      f"time {format_time(progress.total_sec):<12s} sec/tick {sec_per_tick:<8.1f} "
                      f"sec/kimg {sec_per_kimg or 0:<8.2f} maintenance {maintenance_sec:<6.1f} "
                      f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}")
+            for line in monitor.tick(entries) if monitor else []:
+                log.line(line)
             if ada is not None and p_min_in_tick > 0.8 and progress.tick - last_p_warning_tick >= 20:
                 log.line(f"warning: augmentation probability p has stayed above 0.8 for this tick (p={p_now:.3f}); "
                          f"augmentations may start to leak into generated images. More data, --mirror 1 or a lower "

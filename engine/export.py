@@ -1,0 +1,385 @@
+"""G_ema in forms other programs read: safetensors + JSON, TorchScript and ONNX, each checked as it is written.
+
+Every export holds the generator with truncation as an input and the per-pixel noise fixed (noise_mode 'const'):
+
+    safetensors  <out>.safetensors: the state dict (NVIDIA's tensor names); <out>.json beside it: the constructor
+                 arguments. load_network() reads the pair (either file of it) back into our Generator.
+    torchscript  torch.jit.load(out)(z, psi) or (z, c, psi): z [N, z_dim], c [N, c_dim], psi a 0-d float tensor
+                 -> img [N, C, H, W] float32 in about [-1, 1].
+    onnx         inputs 'z' [batch, z_dim], 'c' [batch, c_dim] (conditional networks only), 'psi' scalar float;
+                 output 'img' [batch, C, H, W]. The batch size is free.
+
+Tracing runs on the CPU through the reference ops (the compiled kernels are opaque to tracers), and the written
+file is then run beside the PyTorch network on inputs it was not traced with: the largest absolute difference is
+reported, and a file that disagrees by more than TOLERANCE is not kept.
+"""
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
+SAFETENSORS_VERSION = 1
+METADATA_KEY = "stylegan_studio"   # the JSON, also kept inside the .safetensors header: a lone file still loads
+TOLERANCE = 1e-3                   # on images in [-1, 1]; float32 reorderings stay orders of magnitude below
+ONNX_OPSET = 18
+TRACE_BATCH = 2                    # traced with 2 images, checked with CHECK_BATCH: proves the batch is free
+CHECK_BATCH = 3
+CHECK_PSI = 0.7
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The exported computation
+
+
+class Sampler(torch.nn.Module):
+    """z [N, z_dim], psi [] -> img [N, C, H, W]: G with truncation as a tensor input and constant noise."""
+
+    def __init__(self, G):
+        super().__init__()
+        self.G = G
+
+    def _sample(self, z, c, psi):
+        w = self.G.mapping(z, c)  # psi 1: no truncation inside; it is applied below with psi as a tensor
+        w_avg = self.G.mapping.w_avg
+        w = w_avg + (w - w_avg) * psi.to(w.dtype)
+        return self.G.synthesis(w, noise_mode="const", force_fp32=True)
+
+    def forward(self, z, psi):
+        return self._sample(z, None, psi)
+
+
+class ConditionalSampler(Sampler):
+    """z [N, z_dim], c [N, c_dim], psi [] -> img [N, C, H, W]."""
+
+    def forward(self, z, c, psi):
+        return self._sample(z, c, psi)
+
+
+def sampler(G):
+    """The module every format exports, in eval mode on the CPU."""
+    cls = ConditionalSampler if int(G.c_dim) > 0 else Sampler
+    return cls(G).eval()
+
+
+def example_inputs(G, n, first_seed=0, psi=CHECK_PSI):
+    """(z, [c,] psi) for n images: z of seeds first_seed.. (NVIDIA's rule), classes in turn, psi a 0-d tensor."""
+    from engine.generate import seed_to_z
+
+    z = torch.from_numpy(np.concatenate([seed_to_z(first_seed + i, G.z_dim) for i in range(n)])).to(torch.float32)
+    psi = torch.tensor(float(psi), dtype=torch.float32)
+    if int(G.c_dim) == 0:
+        return (z, psi)
+    c = torch.zeros([n, int(G.c_dim)], dtype=torch.float32)
+    c[torch.arange(n), torch.arange(n) % int(G.c_dim)] = 1
+    return (z, c, psi)
+
+
+def input_names(G):
+    return ["z", "c", "psi"] if int(G.c_dim) > 0 else ["z", "psi"]
+
+
+@contextlib.contextmanager
+def reference_ops():
+    """Run the block with STUDIO_OPS=ref: plain torch ops only, which tracers and exporters can see into."""
+    old = os.environ.get("STUDIO_OPS")
+    os.environ["STUDIO_OPS"] = "ref"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_OPS", None)
+        else:
+            os.environ["STUDIO_OPS"] = old
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _temp_beside(path):
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=directory)
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return Path(tmp)
+
+
+def _publish(tmp, path):
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; exports get the usual permissions
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def sidecar_path(path):
+    """net.safetensors -> net.json (the constructor arguments beside the weights)."""
+    return Path(path).with_suffix(".json")
+
+
+def output_paths(fmt, out):
+    """Every file an export writes: [out] or, for safetensors, [out, its .json]."""
+    out = Path(out)
+    return [out, sidecar_path(out)] if fmt == "safetensors" else [out]
+
+
+def safetensors_description(G, weights_name, dataset=None):
+    info = {"format": SAFETENSORS_FORMAT, "version": SAFETENSORS_VERSION, "network": "G_ema", "class": "Generator",
+            "weights": weights_name, "kwargs": G.init_kwargs}
+    if dataset:
+        info["dataset"] = dataset
+    return info
+
+
+def _require(module, what):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UserError(f"{what} needs the Python package {module.split('.')[0]}: pip install -r requirements.txt "
+                        f"(or pip install {module.split('.')[0]})") from None
+
+
+def write_safetensors(G, path, dataset=None):
+    """Write G's tensors to `path` (a temporary name) -> the JSON description (not yet written)."""
+    st = _require("safetensors.torch", "a safetensors export")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
+    info = safetensors_description(G, None, dataset)
+    st.save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(info)})
+    return info
+
+
+def write_torchscript(G, path):
+    module = sampler(G)
+    with reference_ops(), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about Python numbers taken from shapes; they are the image sizes, which are fixed.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example_inputs(G, TRACE_BATCH, first_seed=1000), check_trace=False)
+    torch.jit.save(traced, str(path))
+
+
+def write_onnx(G, path, opset=ONNX_OPSET):
+    _require("onnx", "an ONNX export")
+    _require("onnxscript", "an ONNX export")
+    module = sampler(G)
+    args = example_inputs(G, TRACE_BATCH, first_seed=1000)
+    names = input_names(G)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = {name: ({0: batch} if name != "psi" else None) for name in names}
+    with reference_ops(), torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, args, str(path), input_names=names, output_names=["img"],
+                              dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
+                              verbose=False)
+        except Exception as e:  # the exporter raises many kinds; the user needs one line, not its report
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UserError(f"ONNX export failed ({type(e).__name__}: {first}); the TorchScript and safetensors "
+                            "formats do not depend on the exporter") from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs its progress to stdout and the root logger; the command prints its own summary."""
+    import io
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading back and checking
+
+
+def _is_safetensors_header(path):
+    """A safetensors file starts with a little-endian u64 header length and a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 2 <= n <= 100 * 2 ** 20
+
+
+def _read_description(path):
+    try:
+        with open(path, "r") as f:
+            info = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == SAFETENSORS_FORMAT else None
+
+
+def is_safetensors_export(path):
+    """Whether `path` is one of a safetensors export's two files (the weights or their .json)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return _read_description(path) is not None
+    return path.suffix.lower() == ".safetensors" or _is_safetensors_header(path)
+
+
+def load_safetensors_network(path, device="cpu"):
+    """A safetensors export (the .safetensors file or its .json) -> load_network's dict with G_ema only.
+
+    The constructor arguments come from the .json beside the weights, or from the copy in the file's header.
+    """
+    from engine.checkpoint import build_network
+
+    path = Path(path)
+    info = None
+    if path.suffix.lower() == ".json":
+        info = _read_description(path)
+        if info is None:
+            raise UserError(f"{path} is not the description of a safetensors export of this program")
+        weights = path.parent / str(info.get("weights") or path.with_suffix(".safetensors").name)
+        if not weights.is_file():
+            raise UserError(f"{path} names the weights file {weights.name}, which is not beside it")
+    else:
+        weights = path
+        if sidecar_path(path).is_file():
+            info = _read_description(sidecar_path(path))
+    st = _require("safetensors", "reading a safetensors network")
+    try:
+        with st.safe_open(str(weights), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise UserError(f"{weights} is not a readable safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if info is None and metadata.get(METADATA_KEY):
+        try:
+            info = json.loads(metadata[METADATA_KEY])
+        except json.JSONDecodeError:
+            info = None
+    if not isinstance(info, dict) or not isinstance(info.get("kwargs"), dict):
+        raise UserError(f"{weights} has no constructor arguments: put the .json written with it beside it "
+                        f"({sidecar_path(weights).name})")
+    G = build_network("G", info["kwargs"], state, weights, "G_ema")
+    G = G.to(torch.device(device)).eval().requires_grad_(False)
+    dataset = info.get("dataset") if isinstance(info.get("dataset"), dict) else None
+    return {"G": None, "D": None, "G_ema": G, "augment_p": None, "augment_kwargs": None, "progress": None,
+            "dataset": dataset, "source": "safetensors", "snapshot": None}
+
+
+def run_export(fmt, path, inputs):
+    """Run the exported file at `path` on `inputs` (tensors) -> img as a float32 numpy array."""
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return module(*inputs).numpy()
+    if fmt == "onnx":
+        ort = _require("onnxruntime", "checking an ONNX export")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        feed = {name: t.numpy() for name, t in zip(names, inputs)}
+        return session.run(["img"], feed)[0]
+    if fmt == "safetensors":
+        G = load_safetensors_network(path)["G_ema"]
+        with reference_ops(), torch.no_grad():
+            return sampler(G)(*inputs).numpy()
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def max_difference(G, fmt, path, n=CHECK_BATCH, psi=CHECK_PSI):
+    """Largest |exported - PyTorch| over n images (seeds 0..n-1, classes in turn, truncation psi)."""
+    inputs = example_inputs(G, n, psi=psi)
+    with reference_ops(), torch.no_grad():
+        want = sampler(G)(*inputs).numpy()
+    got = run_export(fmt, path, inputs)
+    if got.shape != want.shape:
+        raise UserError(f"the exported {fmt} network returned shape {list(got.shape)} for {n} images, "
+                        f"expected {list(want.shape)}")
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole export
+
+
+def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
+    """Export G_ema of the network file `network` to `out` in `fmt`, check it, keep it only if it agrees.
+
+    Returns {'paths': [written files], 'max_abs_diff': float, 'format': fmt}.
+    """
+    from engine.checkpoint import load_network
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt == "safetensors" and out.suffix.lower() != ".safetensors":
+        raise UserError(f"--out {out}: a safetensors export is named *.safetensors (its .json goes beside it)")
+    targets = output_paths(fmt, out)
+    src = Path(network).resolve() if Path(network).exists() else None
+    for t in targets:
+        if t.is_dir():
+            raise UserError(f"{t} is a folder: choose a file name for the export")
+        if src is not None and t.resolve() == src:
+            raise UserError(f"{t} is the network being exported: choose another output file")
+        if t.exists() and not overwrite:
+            raise UserError(f"{t} already exists: choose another output or add --overwrite")
+    loaded = load_network(network, device="cpu")
+    G = loaded["G_ema"]  # float32, eval mode, on the CPU
+    tmp = _temp_beside(out)
+    tmp_json = None
+    try:
+        if fmt == "safetensors":
+            info = write_safetensors(G, tmp, loaded.get("dataset"))
+            info["weights"] = out.name
+            tmp_json = _temp_beside(sidecar_path(out))
+            tmp_json.write_text(json.dumps(info, indent=2) + "\n")
+            # Read back through load_network's reader (the description from the header copy)
+            diff = max_difference(G, fmt, tmp)
+        elif fmt == "torchscript":
+            write_torchscript(G, tmp)
+            diff = max_difference(G, fmt, tmp)
+        else:
+            write_onnx(G, tmp)
+            diff = max_difference(G, fmt, tmp)
+        if not np.isfinite(diff) or diff > tolerance:
+            raise UserError(f"the {fmt} export differs from the network by {diff:.3g} (more than {tolerance:g}); "
+                            f"{out} was not written")
+        _publish(tmp, out)
+        if tmp_json is not None:
+            _publish(tmp_json, sidecar_path(out))
+    finally:
+        _unlink(tmp)
+        if tmp_json is not None:
+            _unlink(tmp_json)
+    inputs = "z, c, psi" if int(G.c_dim) > 0 else "z, psi"
+    log(f"wrote {', '.join(str(t) for t in targets)} ({fmt}; inputs {inputs}; "
+        f"{G.img_resolution}x{G.img_resolution}x{G.img_channels} images)")
+    log(f"checked: max abs difference {diff:.3g} against the PyTorch network "
+        f"({CHECK_BATCH} images, psi {CHECK_PSI})")
+    return {"paths": targets, "max_abs_diff": diff, "format": fmt}

@@ -1,0 +1,228 @@
+"""export (safetensors / TorchScript / ONNX) and blend / average, on tiny networks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.__main__ import main
+from engine.checkpoint import FORMAT, VERSION, load_network, pack_network, save_snapshot
+from engine.errors import UserError
+from engine.nets import Generator
+
+
+@pytest.fixture(autouse=True)
+def _reference_ops(monkeypatch):
+    monkeypatch.setenv("STUDIO_OPS", "ref")
+
+
+def tiny_G(c_dim=0, res=16, seed=0, channel_base=128):
+    torch.manual_seed(seed)
+    G = Generator(z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=res, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), channel_base=channel_base, channel_max=16)
+    with torch.no_grad():
+        # Non-zero w_avg and noise strengths, so that truncation and the constant noise matter in every check.
+        for t in list(G.parameters()) + [b for n, b in G.named_buffers() if "resample_filter" not in n]:
+            t.copy_(torch.randn_like(t) * 0.3)
+    return G.eval().requires_grad_(False)
+
+
+def save_G(G, path):
+    save_snapshot(path, {"format": FORMAT, "version": VERSION, "G_ema": pack_network(G)})
+    return path
+
+
+def inputs(G, n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn([n, G.z_dim], generator=gen)
+    c = torch.nn.functional.one_hot(torch.arange(n) % max(G.c_dim, 1), max(G.c_dim, 1)).float()
+    return z, (c if G.c_dim else None)
+
+
+def reference(G, z, c, psi):
+    with torch.no_grad():
+        return G(z, c, truncation_psi=psi, noise_mode="const").numpy()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# export
+
+
+def test_safetensors_pair_loads_back_identical(tmp_path, capsys):
+    G = tiny_G(c_dim=3)
+    net = save_G(G, tmp_path / "net.pt")
+    out = tmp_path / "out" / "g.safetensors"
+    assert main(["export", "--network", str(net), "--format", "safetensors", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs difference 0 " in printed
+    info = json.loads((tmp_path / "out" / "g.json").read_text())
+    assert info["format"] == "stylegan-studio-safetensors" and info["weights"] == "g.safetensors"
+    assert info["kwargs"] == G.init_kwargs
+    z, c = inputs(G, 4)
+    want = reference(G, z, c, 0.6)
+    for path in (out, tmp_path / "out" / "g.json"):
+        loaded = load_network(path)
+        assert loaded["source"] == "safetensors" and loaded["D"] is None
+        np.testing.assert_array_equal(reference(loaded["G_ema"], z, c, 0.6), want)
+    # An export is a network like any other: it exports again.
+    assert main(["export", "--network", str(out), "--format", "torchscript", "--out", str(tmp_path / "g.ts")]) == 0
+    assert "max abs difference 0 " in capsys.readouterr().out
+    # The weights alone still load: the description is also in the file's header.
+    (tmp_path / "out" / "g.json").unlink()
+    np.testing.assert_array_equal(reference(load_network(out)["G_ema"], z, c, 0.6), want)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_torchscript_matches_network_at_other_batch_sizes(tmp_path, capsys):
+    G = tiny_G(c_dim=2)
+    net = save_G(G, tmp_path / "net.pt")
+    out = tmp_path / "g.torchscript.pt"
+    assert main(["export", "--network", str(net), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "checked: max abs difference" in capsys.readouterr().out
+    module = torch.jit.load(str(out))
+    for n, psi in ((1, 1.0), (5, 0.5)):
+        z, c = inputs(G, n, seed=n)
+        got = module(z, c, torch.tensor(psi)).numpy()
+        assert got.shape == (n, 3, 16, 16)
+        assert np.abs(got - reference(G, z, c, psi)).max() < 1e-4
+
+
+def _onnx_session(path):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_conditional_runs_in_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    G = tiny_G(c_dim=3, res=8, channel_base=64)
+    net = save_G(G, tmp_path / "net.pt")
+    out = tmp_path / "g.onnx"
+    assert main(["export", "--network", str(net), "--format", "onnx", "--out", str(out)]) == 0
+    assert "checked: max abs difference" in capsys.readouterr().out
+    session = _onnx_session(out)
+    names = {i.name: i.shape for i in session.get_inputs()}
+    assert list(names) == ["z", "c", "psi"]
+    assert names["psi"] == [] and names["z"][1] == 8 and names["c"][1] == 3
+    assert [o.name for o in session.get_outputs()] == ["img"]
+    for n, psi in ((1, 1.0), (4, 0.3)):
+        z, c = inputs(G, n, seed=10 + n)
+        got = session.run(None, {"z": z.numpy(), "c": c.numpy(), "psi": np.array(psi, dtype=np.float32)})[0]
+        assert got.shape == (n, 3, 8, 8)
+        assert np.abs(got - reference(G, z, c, psi)).max() < 1e-4
+
+
+def test_onnx_unconditional_has_no_c_input(tmp_path):
+    pytest.importorskip("onnxscript")
+    G = tiny_G(c_dim=0, res=8, channel_base=64)
+    out = tmp_path / "g.onnx"
+    from engine.export import export
+
+    result = export(save_G(G, tmp_path / "net.pt"), "onnx", out, log=lambda *_: None)
+    assert result["max_abs_diff"] < 1e-4
+    session = _onnx_session(out)
+    assert [i.name for i in session.get_inputs()] == ["z", "psi"]
+    z, _ = inputs(G, 2)
+    got = session.run(None, {"z": z.numpy(), "psi": np.array(0.8, dtype=np.float32)})[0]
+    assert np.abs(got - reference(G, z, None, 0.8)).max() < 1e-4
+
+
+def test_command_lists_every_format():
+    from engine import export
+    from engine.commands import export as command
+
+    assert command.FORMATS == export.FORMATS
+
+
+def test_export_refuses_to_overwrite_and_bad_names(tmp_path, capsys):
+    net = save_G(tiny_G(res=8, channel_base=64), tmp_path / "net.pt")
+    out = tmp_path / "g.safetensors"
+    (tmp_path / "g.json").write_text("mine")
+    assert main(["export", "--network", str(net), "--format", "safetensors", "--out", str(out)]) == 2
+    assert "g.json already exists" in capsys.readouterr().err
+    assert (tmp_path / "g.json").read_text() == "mine" and not out.exists()
+    assert main(["export", "--network", str(net), "--format", "safetensors", "--out", str(tmp_path / "g.bin")]) == 2
+    assert "*.safetensors" in capsys.readouterr().err
+    assert main(["export", "--network", str(net), "--format", "torchscript", "--out", str(net), "--overwrite"]) == 2
+    assert "is the network being exported" in capsys.readouterr().err
+    assert main(["export", "--network", str(tmp_path / "none.pt"), "--format", "onnx", "--out",
+                 str(tmp_path / "x.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_that_disagrees_is_not_kept(tmp_path, monkeypatch):
+    from engine import export as ex
+
+    net = save_G(tiny_G(res=8, channel_base=64), tmp_path / "net.pt")
+    out = tmp_path / "g.pt"
+    real_run = ex.run_export
+    monkeypatch.setattr(ex, "run_export", lambda fmt, path, inputs: real_run(fmt, path, inputs) + 0.01)
+    with pytest.raises(UserError, match="differs from the network by 0.01"):
+        ex.export(net, "torchscript", out, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pt"]
+
+
+def test_damaged_safetensors_is_a_user_error(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        load_network(bad)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# blend and average
+
+
+def test_blend_takes_low_resolutions_from_a_and_high_from_b(tmp_path, capsys):
+    Ga, Gb = tiny_G(seed=1), tiny_G(seed=2)
+    a, b = save_G(Ga, tmp_path / "a.pt"), save_G(Gb, tmp_path / "b.pt")
+    out = tmp_path / "blend.pt"
+    assert main(["blend", "--a", str(a), "--b", str(b), "--split", "8", "--out", str(out)]) == 0
+    assert "blocks 4-8 from" in capsys.readouterr().out
+    G = load_network(out)["G_ema"].state_dict()
+    sa, sb = Ga.state_dict(), Gb.state_dict()
+    for name, value in G.items():
+        src = sb if name.startswith("synthesis.b16.") else sa
+        assert torch.equal(value, src[name]), name
+    assert torch.equal(G["mapping.w_avg"], sa["mapping.w_avg"])
+    out_b = tmp_path / "blend_b.pt"
+    assert main(["blend", "--a", str(a), "--b", str(b), "--split", "4", "--mapping", "b", "--out", str(out_b)]) == 0
+    G = load_network(out_b)["G_ema"].state_dict()
+    assert torch.equal(G["mapping.fc0.weight"], sb["mapping.fc0.weight"])
+    assert torch.equal(G["synthesis.b4.conv1.weight"], sa["synthesis.b4.conv1.weight"])
+    assert torch.equal(G["synthesis.b8.conv1.weight"], sb["synthesis.b8.conv1.weight"])
+
+
+def test_blend_refuses_different_architectures_and_bad_splits(tmp_path, capsys):
+    a = save_G(tiny_G(seed=1), tmp_path / "a.pt")
+    other = save_G(tiny_G(seed=1, channel_base=64), tmp_path / "other.pt")
+    small = save_G(tiny_G(seed=1, res=8, channel_base=64), tmp_path / "small.pt")
+    out = tmp_path / "o.pt"
+    assert main(["blend", "--a", str(a), "--b", str(other), "--split", "8", "--out", str(out)]) == 2
+    assert "not the same architecture" in capsys.readouterr().err
+    assert main(["blend", "--a", str(a), "--b", str(small), "--split", "4", "--out", str(out)]) == 2
+    assert "img_resolution 16 vs 8" in capsys.readouterr().err
+    assert main(["blend", "--a", str(a), "--b", str(a), "--split", "16", "--out", str(out)]) == 2
+    assert "use one of 4, 8" in capsys.readouterr().err
+    assert main(["blend", "--a", str(a), "--split", "8", "--out", str(out)]) == 2
+    assert "needs --b" in capsys.readouterr().err
+    assert main(["blend", "--average", str(a), str(a), "--a", str(a), "--out", str(out)]) == 2
+    assert "does not combine" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_average_is_the_mean_of_the_snapshots(tmp_path, capsys):
+    Gs = [tiny_G(seed=s) for s in (1, 2, 3)]
+    paths = [str(save_G(G, tmp_path / f"s{i}.pt")) for i, G in enumerate(Gs)]
+    out = tmp_path / "avg.pt"
+    assert main(["blend", "--average", *paths, "--out", str(out)]) == 0
+    assert "average of 3 networks" in capsys.readouterr().out
+    G = load_network(out)["G_ema"].state_dict()
+    for name, value in G.items():
+        want = sum(g.state_dict()[name].double() for g in Gs) / 3
+        torch.testing.assert_close(value.double(), want, rtol=0, atol=1e-6)
+    assert main(["blend", "--average", paths[0], paths[1], "--out", str(out)]) == 2  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["blend", "--average", paths[0], "--out", str(tmp_path / "one.pt")]) == 2
+    assert "at least two" in capsys.readouterr().err
