@@ -196,6 +196,9 @@ def test_journey(page, server):
     no_error(pg)
     outputs = list((studio / "outputs").rglob("*.gif"))
     assert outputs and outputs[0].stat().st_size > 0
+    pg.locator("#mix-btn").click()
+    expect(pg.locator("#mix-img img")).to_be_visible(timeout=60_000)
+    expect(pg.locator("#mix-img")).to_contain_text("layers 0-3 taken from each column's seed")
     shot(pg, "generate")
 
     pg.get_by_role("tab", name="System", exact=True).click()

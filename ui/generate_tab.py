@@ -230,7 +230,9 @@ def build(studio: Studio):
             m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
                                   info="low layers: pose and shape; high: colours and details")
         mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
-        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480)
+        # Hidden until there is a grid to show: an empty 480 px box says nothing.
+        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480,
+                           visible=False)
 
     # ------------------------------------------------------------------ events
     @friendly
@@ -358,8 +360,8 @@ def build(studio: Studio):
         save_image(grid, out / "style-mix.png")  # the plain grid, as the command line writes it
         path = out / "style-mix-labelled.png"
         save_image(label_mix_grid(grid, rows, cols), path)
-        return gr.update(value=str(path), label=f"Style mixing: each row's seed with layers "
-                                               f"{_ranges(styles)} taken from each column's seed")
+        return gr.update(value=str(path), visible=True, label=f"Style mixing: each row's seed with layers "
+                                                             f"{_ranges(styles)} taken from each column's seed")
 
     mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise], mix_img, api_name="mix",
                   concurrency_id="gpu", concurrency_limit=1)
