@@ -34,8 +34,9 @@ def build_app(studio, sup=None):
             gr.HTML("<div class='studio-title'><img src='/gradio_api/file=" + str(ROOT / "assets" / "logo.svg") +
                     "' alt='' class='studio-logo'/><span>StyleGAN Studio</span></div>"
                     + ("<span class='studio-badge'>shared</span>" if studio.shared else ""))
-        with gr.Accordion("Getting started", open=not guide.has_history(studio), elem_id="guide"):
+        with gr.Accordion("Getting started", open=not guide.has_history(studio), elem_id="guide") as guide_box:
             gr.Markdown(guide.guide_markdown(studio, speed))
+        guide_folded = gr.State(False)
         with gr.Tabs(selected="generate", elem_id="tabs") as tabs:
             with gr.Tab("Data", id="data", elem_id="tab-data") as t_data:
                 data = data_tab.build(studio)
@@ -49,23 +50,16 @@ def build_app(studio, sup=None):
         t_data.select(data["refresh"], None, data["refresh_outputs"], api_name=False)
         t_train.select(train["refresh"], None, train["outputs"], api_name=False).then(
             train["watch"], train["watch_inputs"], train["watch_outputs"], api_name=False)
-        t_gen.select(lambda cur: _keep_network(gen, studio, cur), gen["network"], gen["load_outputs"],
-                     api_name=False)
+        t_gen.select(gen["on_tab"], gen["tab_inputs"], gen["load_outputs"], api_name=False)
         t_sys.select(system["refresh"], None, system["markdown"], api_name=False)
+        # The guide folds itself once there is a dataset and a run (at a page load, or on the next tab change).
+        for tab in (t_data, t_train, t_gen, t_sys):
+            tab.select(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
+        demo.load(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
         demo.load(gen["on_load"], None, gen["load_outputs"], api_name=False).then(
             gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False)
     demo._studio_tabs = tabs
     return demo
-
-
-def _keep_network(gen, studio, current):
-    import gradio as gr
-
-    from ui.generate_tab import empty_update, network_choices
-
-    ch = network_choices(studio)
-    value = current if current in ch else next(iter(ch), None)
-    return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
 
 
 def parse_args(argv=None):

@@ -302,8 +302,8 @@ def style_mix_grid(G, row_seeds, col_seeds, styles, psi=1, cutoff=None, class_id
                    batch=8):
     """NVIDIA's style-mixing figure -> (grid np uint8, {(row_seed, col_seed): image}).
 
-    Layout: the first row shows the column seeds, the first column the row seeds (top-left blank); cell (r, c) is
-    row seed r's ws with the layers in `styles` taken from column seed c.
+    Layout: the first row shows the column seeds, the first column the row seeds (top-left empty: white, or
+    transparent with alpha); cell (r, c) is row seed r's ws with the layers in `styles` taken from column seed c.
     """
     row_seeds, col_seeds, styles = list(row_seeds), list(col_seeds), list(styles)
     if not row_seeds or not col_seeds:
@@ -326,7 +326,7 @@ def style_mix_grid(G, row_seeds, col_seeds, styles, psi=1, cutoff=None, class_id
     mixed_images = synthesize(G, torch.stack(mixed), noise_mode=noise_mode, batch=batch)
     cells = dict(zip(pairs, mixed_images))
     h, w_, ch = seed_images[all_seeds[0]].shape
-    blank = np.zeros([h, w_, ch], np.uint8)
+    blank = np.full([h, w_, ch], 255, np.uint8)  # white: a black square would read as a broken image
     if ch in (2, 4):
         blank[..., -1] = 0  # transparent corner for images with alpha
     grid_cells = [blank] + [seed_images[c] for c in col_seeds]
@@ -335,6 +335,65 @@ def style_mix_grid(G, row_seeds, col_seeds, styles, psi=1, cutoff=None, class_id
         grid_cells.extend(cells[(r, c)] for c in col_seeds)
     grid = make_grid(grid_cells, len(col_seeds) + 1, len(row_seeds) + 1)
     return grid, cells
+
+
+def label_mix_grid(grid, row_seeds, col_seeds, min_cell=96):
+    """A style_mix_grid image as a figure for people -> np uint8 [H, W, 3] on white.
+
+    Cells are enlarged by a whole factor (nearest neighbour, so small images stay sharp) to at least min_cell px,
+    "seed N" is written above each column and left of each row, and the top-left cell is white. Images with
+    alpha are laid on white; grayscale becomes RGB.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    row_seeds, col_seeds = list(row_seeds), list(col_seeds)
+    grid = np.asarray(grid)
+    if grid.ndim == 2:
+        grid = grid[:, :, None]
+    n_rows, n_cols = len(row_seeds) + 1, len(col_seeds) + 1
+    if grid.shape[0] % n_rows or grid.shape[1] % n_cols:
+        raise ValueError(f"a {grid.shape[1]}x{grid.shape[0]} grid does not hold {n_cols}x{n_rows} equal cells")
+    h, w = grid.shape[0] // n_rows, grid.shape[1] // n_cols
+    c = grid.shape[2]
+    if c in (2, 4):
+        alpha = grid[:, :, -1:].astype(np.float32) / 255
+        grid = (grid[:, :, :-1].astype(np.float32) * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+        c -= 1
+    if c == 1:
+        grid = np.repeat(grid, 3, axis=2)
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    big = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    ch, cw = h * scale, w * scale
+    big[:ch, :cw] = 255
+    font_px = max(12, round(min(ch, cw) / 7))
+    try:
+        font = ImageFont.load_default(size=font_px)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def size(text):
+        x0, y0, x1, y1 = measure.textbbox((0, 0), text, font=font)
+        return x1 - x0, y1 - y0, x0, y0
+
+    pad = max(4, font_px // 2)
+    row_text = [f"seed {s}" for s in row_seeds]
+    col_text = [f"seed {s}" for s in col_seeds]
+    left = max(size(t)[0] for t in row_text) + 2 * pad
+    top = max(size(t)[1] for t in col_text) + 2 * pad
+    canvas = Image.new("RGB", (left + big.shape[1], top + big.shape[0]), "white")
+    canvas.paste(Image.fromarray(big, "RGB"), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    ink = (50, 50, 50)
+    for j, text in enumerate(col_text):
+        tw, th, x0, y0 = size(text)
+        cx = left + (j + 1) * cw + cw / 2
+        draw.text((round(cx - tw / 2 - x0), round((top - th) / 2 - y0)), text, fill=ink, font=font)
+    for i, text in enumerate(row_text):
+        tw, th, x0, y0 = size(text)
+        cy = top + (i + 1) * ch + ch / 2
+        draw.text((round(left - pad - tw - x0), round(cy - th / 2 - y0)), text, fill=ink, font=font)
+    return np.asarray(canvas)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -178,16 +178,17 @@ def test_journey(page, server):
     wait_text(pg, "#train-status", "STOPPED", 240)
     expect(pg.locator("#train-runs")).to_contain_text("stopped")
 
-    # Generate from the new snapshot: a grid, then a GIF.
+    # Generate: the new run's newest snapshot is offered first, by run number, dataset and kimg; a grid, a GIF.
     pg.get_by_role("tab", name="Generate", exact=True).click()
-    pg.locator("#generate-refresh").click()
-    snap = sorted(run_dir.glob("network-snapshot-*.pt"))[-1]
-    choose(pg, "generate-network", f"{run_dir.name} / {snap.name}")
+    expect(field(pg, "generate-network")).to_have_value(re.compile(r"^run 00000 · emoji16 · \d[\d.,]* kimg$"))
     wait_text(pg, "#generate-info", "16 px RGB", 30)
     field(pg, "generate-seeds").fill("0-7")
     pg.locator("#generate-btn").click()
     expect(pg.locator("#generate-gallery img")).to_have_count(8, timeout=60_000)
-    expect(pg.locator("#generate-grid img")).to_be_visible()
+    thumb = pg.locator("#generate-gallery img").first
+    assert thumb.evaluate("e => getComputedStyle(e).imageRendering") == "pixelated"
+    box = pg.locator("#generate-gallery").bounding_box()
+    assert box["height"] < 1.6 * thumb.bounding_box()["height"] + 60  # no empty space under one row
     pg.locator("#video-btn").click()
     gif = pg.locator("#video-out img")
     expect(gif).to_be_visible(timeout=120_000)
@@ -195,6 +196,9 @@ def test_journey(page, server):
     no_error(pg)
     outputs = list((studio / "outputs").rglob("*.gif"))
     assert outputs and outputs[0].stat().st_size > 0
+    pg.locator("#mix-btn").click()
+    expect(pg.locator("#mix-img img")).to_be_visible(timeout=60_000)
+    expect(pg.locator("#mix-img")).to_contain_text("layers 0-3 taken from each column's seed")
     shot(pg, "generate")
 
     pg.get_by_role("tab", name="System", exact=True).click()

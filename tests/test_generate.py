@@ -171,7 +171,7 @@ def test_style_mix_grid_layout_and_cells():
     grid, cells = gen.style_mix_grid(G, rows, cols, styles)
     h = w = 16
     assert grid.shape == (3 * h, 4 * w, 3)
-    assert (grid[:h, :w] == 0).all()
+    assert (grid[:h, :w] == 255).all()  # a white corner, not a black square
     seed_img = dict(zip(rows + cols, gen.generate_images(G, rows + cols)))
     for j, c in enumerate(cols):
         assert np.array_equal(grid[:h, (j + 1) * w:(j + 2) * w], seed_img[c])
@@ -189,6 +189,37 @@ def test_style_mix_grid_layout_and_cells():
     assert np.array_equal(all_cells[(85, 55)], seed_img[55])
     with pytest.raises(UserError, match="out of range"):
         gen.style_mix_grid(G, rows, cols, [G.num_ws])
+
+
+def test_label_mix_grid_writes_seeds_and_keeps_pixels_sharp():
+    G = tiny_G()
+    rows, cols = [85, 100], [55, 821, 3]
+    grid, cells = gen.style_mix_grid(G, rows, cols, [0, 1])
+    fig = gen.label_mix_grid(grid, rows, cols, min_cell=64)
+    h = w = 16
+    s = 4  # 16 px cells enlarged by a whole factor to reach 64 px
+    top = fig.shape[0] - 3 * h * s
+    left = fig.shape[1] - 4 * w * s
+    assert fig.ndim == 3 and fig.shape[2] == 3 and top > 0 and left > 0
+    body = fig[top:, left:]
+    # Every enlarged pixel is a block of the original one (nearest neighbour, no smoothing).
+    assert np.array_equal(body[::s, ::s], grid) and np.array_equal(body[s - 1::s, s - 1::s], grid)
+    assert (body[:h * s, :w * s] == 255).all()  # white corner
+    # The label bands hold dark text over each column and beside each row, and nothing else but white.
+    band_top, band_left = fig[:top], fig[top:, :left]
+    assert (band_top[:, :left] == 255).all()
+    for j in range(1, 4):
+        assert band_top[:, left + j * w * s:left + (j + 1) * w * s].min() < 128, f"column {j} has no label"
+    for i in range(1, 3):
+        assert band_left[i * h * s:(i + 1) * h * s].min() < 128, f"row {i} has no label"
+    assert (band_left[:h * s] == 255).all()
+    # Grayscale and alpha images come out as RGB on white.
+    gray = gen.label_mix_grid(grid[:, :, :1], rows, cols, min_cell=16)
+    assert gray.shape[2] == 3 and np.array_equal(gray[-h:, -w:, 0], grid[-h:, -w:, 0])
+    rgba = np.concatenate([grid, np.zeros_like(grid[:, :, :1])], axis=2)  # fully transparent
+    assert (gen.label_mix_grid(rgba, rows, cols, min_cell=16)[-h:, -w:] == 255).all()
+    with pytest.raises(ValueError, match="equal cells"):
+        gen.label_mix_grid(grid[:-1], rows, cols)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -146,18 +146,18 @@ def test_generate_video_mix(served):
     info, _cls = predict(client, "/network_info", "uploaded / tiny16.pt")
     assert "16 px RGB" in info
 
-    gallery, grid, files = predict(client, "/generate", "uploaded / tiny16.pt", "0-5", 0.7, None, "const")
+    gallery, files = predict(client, "/generate", "uploaded / tiny16.pt", "0-5", 0.7, None, "const")
     assert len(gallery) == 6 and [g["caption"] for g in gallery] == [f"seed {i}" for i in range(6)]
     from PIL import Image
 
-    g = Image.open(grid)
+    g = Image.open(next(f for f in files if f.endswith("grid.png")))
     assert g.size == (3 * 16, 2 * 16)  # 6 images in a 3x2 grid
     names = sorted(Path(f).name for f in files)
     assert names == ["grid.png", "images.zip"]
     with zipfile.ZipFile([f for f in files if f.endswith(".zip")][0]) as z:
         assert sorted(z.namelist()) == [f"seed{i:04d}.png" for i in range(6)]
     # Same seed, same image: seed 3 alone equals the fourth image of the batch.
-    g2, _, _ = predict(client, "/generate", "uploaded / tiny16.pt", "3", 0.7, None, "const")
+    g2, _ = predict(client, "/generate", "uploaded / tiny16.pt", "3", 0.7, None, "const")
     assert Image.open(item_path(g2[0])).tobytes() == Image.open(item_path(gallery[3])).tobytes()
 
     gif, mp4, vfile = predict(client, "/video", "uploaded / tiny16.pt", "0-2", 4, 10, "z", "slerp", True, "GIF",
@@ -170,7 +170,11 @@ def test_generate_video_mix(served):
     assert Path(vfile).stat().st_size > 0
 
     mix = predict(client, "/mix", "uploaded / tiny16.pt", "1,2", "3,4,5", "0-1", 1.0, "const")
-    assert Image.open(mix).size == (4 * 16, 3 * 16)  # a header row and column around 2x3 cells
+    w, h = Image.open(mix).size  # 16 px cells shown 6x as large, with a band of seed labels above and left
+    assert w > 4 * 96 and h > 3 * 96 and (w - 4 * 96) > (h - 3 * 96)
+    plain_path = max(studio.outputs_dir.glob("*-mix*/style-mix.png"), key=lambda p: p.stat().st_mtime)
+    with Image.open(plain_path) as plain:  # the plain grid, as the command line writes it, is kept beside it
+        assert plain.size == (4 * 16, 3 * 16)  # a header row and column around 2x3 cells
 
     seeds = predict(client, "/random_seeds")
     assert len(seeds.split(",")) == 8 and all(s.isdigit() for s in seeds.split(","))
@@ -186,7 +190,7 @@ def test_generate_errors_are_messages(served):
         predict(client, "/generate", "uploaded / cond16.pt", "1", 0.7, None, "const")
     with pytest.raises(Exception, match="out of range|greater than maximum"):
         predict(client, "/generate", "uploaded / cond16.pt", "1", 0.7, 7, "const")
-    gallery, _, _ = predict(client, "/generate", "uploaded / cond16.pt", "1-2", 0.7, 2, "const")
+    gallery, _ = predict(client, "/generate", "uploaded / cond16.pt", "1-2", 0.7, 2, "const")
     assert len(gallery) == 2
     with pytest.raises(Exception, match="at least two seeds"):
         predict(client, "/video", "uploaded / tiny16.pt", "4", 4, 10, "z", "slerp", False, "GIF", 0.7, None,
@@ -320,7 +324,7 @@ def test_train_watch_stop_resume_generate(served):
     assert "s per kimg" in est and f"run {run}" in est
 
     snap_label = f"{run} / {sorted(run_dir.glob('network-snapshot-*.pt'))[-1].name}"
-    gallery, grid, _ = predict(client, "/generate", snap_label, "0-3", 1.0, None, "const")
+    gallery, _ = predict(client, "/generate", snap_label, "0-3", 1.0, None, "const")
     assert len(gallery) == 4
 
 

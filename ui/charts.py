@@ -7,15 +7,43 @@ import re
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# (title, [(stats key, legend name)]) in the order the panels appear.
+# Hover text of each panel's title: what the jargon means and what a healthy curve looks like.
+EXPLAIN = {
+    "Loss": "G loss: how badly the generator fools the discriminator D (lower: fooled more often).<br>"
+            "D loss: how badly D tells real images from generated ones.<br>"
+            "The two push against each other; they wobble and need not go down. Trouble looks like one of "
+            "them<br>running off to a much larger value for good.",
+    "R1 penalty": "R1 penalty: a brake on how steeply D's verdict changes around the real images<br>"
+                  "(its weight is gamma). It keeps D smooth; small and steady is normal.",
+    "Augment p": "Augment p: how often ADA (adaptive augmentation) flips, shifts, recolours ... each image "
+                 "D sees.<br>ADA raises p while r_t is above its target (D starts to learn the training "
+                 "images by heart)<br>and lowers it while r_t is below. 0% means no augmentation.",
+    "Signs of D(real), r_t": "r_t, the mean sign of D's output on real images: how sure D is that the reals "
+                             "are real,<br>from -1 (never) to 1 (always). Near 1, D has memorised the "
+                             "training set (overfitting);<br>with ADA, p rises whenever r_t passes the "
+                             "target (0.6 unless set otherwise).",
+    "Sec per kimg": "Seconds to show D a thousand images (1 kimg): the training speed; lower is faster.",
+    "FID / KID": "FID and KID: distances between generated and real images, measured with an Inception "
+                 "network.<br>Lower is better; compare values of the same metric and dataset only.",
+}
+# (title, [(stats key, legend name, hover number format)]) in the order the panels appear.
 PANELS = [
-    ("Loss", [("Loss/G/loss", "G loss"), ("Loss/D/loss", "D loss")]),
-    ("R1 penalty", [("Loss/r1_penalty", "R1")]),
-    ("Augment p", [("Progress/augment", "p")]),
-    ("Signs of D(real), r_t", [("Loss/signs/real", "r_t")]),
-    ("Sec per kimg", [("Timing/sec_per_kimg", "sec/kimg")]),
-    ("FID / KID", []),
+    ("Loss", [("Loss/G/loss", "G loss", ".4~g"), ("Loss/D/loss", "D loss", ".4~g")]),
+    ("R1 penalty", [("Loss/r1_penalty", "R1", ".4~g")]),
+    ("Augment p", [("Progress/augment", "p", ".2~%")]),
+    ("Signs of D(real), r_t", [("Loss/signs/real", "r_t", ".3~f")]),
+    ("Sec per kimg", [("Timing/sec_per_kimg", "sec/kimg", ",.4~g")]),
 ]
+METRICS_TITLE = "FID / KID"
+# Smallest y span each panel shows, as (absolute, fraction of the largest value), so that one point or a flat
+# line sits in a calm range instead of a zoom into rounding noise; and the values the axis never goes beyond.
+Y_SPAN = {"Loss": (0.1, 0.1), "R1 penalty": (0.0, 0.2), "Augment p": (0.01, 0.0),
+          "Signs of D(real), r_t": (0.2, 0.0), "Sec per kimg": (0.0, 0.2), METRICS_TITLE: (0.0, 0.2)}
+Y_LIMITS = {"R1 penalty": (0.0, None), "Augment p": (0.0, 1.0), "Signs of D(real), r_t": (-1.0, 1.0),
+            "Sec per kimg": (0.0, None), METRICS_TITLE: (0.0, None)}
+NO_METRICS = ("FID / KID are not measured in this run. Choose them under <i>Metrics at each snapshot</i> when "
+              "starting a run,<br>or measure a snapshot later: <span style='font-family:monospace'>python -m engine metrics --network "
+              "runs/&lt;run&gt;/network-snapshot-NNNNNN.pt --metrics fid1k</span>")
 SNAP_KIMG_RE = re.compile(r"(\d+)\.(pt|pkl)$")
 
 
@@ -56,34 +84,98 @@ def metric_points(records: list[dict]) -> dict[str, tuple[list[float], list[floa
     return out
 
 
+def axis_range(values, min_span: float = 0.0, rel_span: float = 0.0, low=None, high=None):
+    """[lo, hi] showing every value with a margin, at least max(min_span, rel_span * |largest|) wide, kept within
+    [low, high] where given (shifted, not squeezed, when the margin would cross a limit). None without values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    span = hi - lo
+    width = max(span * 1.16, min_span, rel_span * max(abs(lo), abs(hi)))
+    if width <= 0:
+        width = 1.0  # only zeros, and no minimum asked for: any unit range will do
+    a, b = lo - (width - span) / 2, hi + (width - span) / 2
+    if low is not None and a < low:
+        a, b = low, min(b + (low - a), high) if high is not None else b + (low - a)
+    if high is not None and b > high:
+        a, b = max(a - (b - high), low) if low is not None else a - (b - high), high
+    return [a, b]
+
+
+def kimg_range(xs):
+    """The x range shared by every panel: from 0 while the run's own start is in view, else around the points."""
+    xs = [float(x) for x in xs if x is not None]
+    if not xs:
+        return None
+    lo, hi = min(xs), max(xs)
+    if hi <= 0:
+        return [0.0, 1.0]
+    if lo == hi:  # one tick: in the middle of the way from the start
+        return [0.0, 2 * hi] if hi <= 10 else [hi * 0.9, hi * 1.1]
+    if lo <= 0.5 * hi:  # the run's own history: the start is part of the story
+        return [0.0, hi * 1.04]
+    return axis_range(xs, rel_span=0.05, low=0.0)
+
+
 def training_figure(stats: list[dict], metrics: dict[str, list] | None = None, title: str = "") -> go.Figure:
-    """A 2 x 3 grid of curves over kimg: losses, R1, augment p, r_t, speed, FID/KID."""
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[t for t, _ in PANELS], horizontal_spacing=0.08,
-                        vertical_spacing=0.2)
-    for i, (_, keys) in enumerate(PANELS):
-        row, col = i // 3 + 1, i % 3 + 1
-        for key, name in keys:
+    """Curves over kimg: losses, R1, augment p, r_t, speed, and FID/KID when any were measured.
+
+    Without metrics the five panels fill the width (three above, two below) and one line says how to get FID/KID.
+    """
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for recs in (metrics or {}).values():
+        points.update(metric_points(recs))
+    panels = list(PANELS) + ([(METRICS_TITLE, [])] if points else [])
+    titles = [f"{t} <span style='color:#0969da'>(?)</span>" for t, _ in panels]
+    if points:
+        fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.2)
+        cells = [(i // 3 + 1, i % 3 + 1) for i in range(6)]
+    else:
+        # Six columns: three panels two columns wide above, two panels three wide below.
+        specs = [[{"colspan": 2}, None, {"colspan": 2}, None, {"colspan": 2}, None],
+                 [{"colspan": 3}, None, None, {"colspan": 3}, None, None]]
+        fig = make_subplots(rows=2, cols=6, specs=specs, subplot_titles=titles, horizontal_spacing=0.08,
+                            vertical_spacing=0.2)
+        cells = [(1, 1), (1, 3), (1, 5), (2, 1), (2, 4)]
+    for ann, (t, _) in zip(fig.layout.annotations, panels):
+        ann.update(hovertext=EXPLAIN[t], hoverlabel=dict(bgcolor="white", font=dict(size=12)))
+
+    all_x: list[float] = []
+    for (row, col), (name, keys) in zip(cells, panels):
+        ys_all: list[float] = []
+        for key, legend, fmt in keys:
             xs, ys = series(stats, key)
             if xs:
-                fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers" if len(xs) < 30 else "lines",
-                                         marker=dict(size=4)), row=row, col=col)
-        if i == len(PANELS) - 1:
-            points = {}
-            for recs in (metrics or {}).values():
-                points.update(metric_points(recs))
-            for name, (xs, ys) in sorted(points.items()):
-                fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers"), row=row, col=col)
-            if not points:
-                # Paper coordinates: an empty subplot's axes are not drawn, so "x6 domain" would not place it.
-                xd = fig.layout[f"xaxis{i + 1}"].domain
-                yd = fig.layout[f"yaxis{i + 1}"].domain
-                fig.add_annotation(text="no metrics yet<br>(choose fid1k or fid50k_full<br>to compute them)",
-                                   showarrow=False, font=dict(size=11, color="#888"), xref="paper", yref="paper",
-                                   x=(xd[0] + xd[1]) / 2, y=(yd[0] + yd[1]) / 2)
-        fig.update_xaxes(title_text="kimg", title_font=dict(size=10), row=row, col=col)
-    fig.update_layout(height=520, margin=dict(l=40, r=20, t=50 if title else 30, b=40), showlegend=True,
-                      legend=dict(orientation="h", y=-0.12), title=title or None, template="plotly_white")
+                fig.add_trace(_trace(xs, ys, legend, fmt), row=row, col=col)
+                all_x += xs
+                ys_all += ys
+        if name == METRICS_TITLE:
+            for metric, (xs, ys) in sorted(points.items()):
+                fig.add_trace(_trace(xs, ys, metric, ".4~g", lines=True), row=row, col=col)
+                all_x += xs
+                ys_all += ys
+        span, rel = Y_SPAN[name]
+        low, high = Y_LIMITS.get(name, (None, None))
+        fig.update_yaxes(range=axis_range(ys_all, span, rel, low, high), exponentformat="none",
+                         tickformat=".1~%" if name == "Augment p" else None, row=row, col=col)
+        fig.update_xaxes(title_text="kimg", title_font=dict(size=10), exponentformat="none", row=row, col=col)
+    fig.update_xaxes(range=kimg_range(all_x))
+    bottom = 40
+    if not points:
+        bottom = 115  # room for the line under the legend
+        fig.add_annotation(text=NO_METRICS, showarrow=False, xref="paper", yref="paper", x=0, y=0, yshift=-78,
+                           xanchor="left", yanchor="top", align="left", font=dict(size=11, color="#666"))
+    fig.update_layout(height=520 + bottom - 40, margin=dict(l=40, r=20, t=50 if title else 30, b=bottom),
+                      showlegend=True, legend=dict(orientation="h", y=-0.12), title=title or None,
+                      template="plotly_white", hovermode="closest")
     return fig
+
+
+def _trace(xs, ys, name, fmt, lines=False):
+    mode = "lines+markers" if lines or len(xs) < 30 else "lines"
+    return go.Scatter(x=xs, y=ys, name=name, mode=mode, marker=dict(size=4 if not lines else 6), cliponaxis=False,
+                      hovertemplate=f"{name} %{{y:{fmt}}} at %{{x:,.3~f}} kimg<extra></extra>")
 
 
 def empty_figure(message: str) -> go.Figure:

@@ -150,8 +150,11 @@ def build(studio: Studio):
                                            elem_id="data-max-images")
                 with gr.Row():
                     transform = gr.Dropdown(TRANSFORMS, value="center-crop", label="Fit to square")
+                    # Wide enough to show its longest choice whole.
+                    labels = gr.Dropdown(list(LABELS), value=list(LABELS)[0], label="Labels", scale=2,
+                                         min_width=290, elem_id="data-labels")
+                with gr.Row():
                     channels = gr.Radio(["RGB", "Grayscale"], value="RGB", label="Channels")
-                    labels = gr.Dropdown(list(LABELS), value=list(LABELS)[0], label="Labels")
                     dedupe = gr.Checkbox(value=False, label="Drop exact duplicates")
                 prepare_btn = gr.Button("Prepare dataset", variant="primary", elem_id="prepare-btn")
             with gr.Column(scale=2):

@@ -29,23 +29,41 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def network_choices(studio: Studio) -> "OrderedDict[str, Path]":
-    """{label shown in the picker: file} — the demo, each run's snapshots (newest run first), uploads.
+def snapshot_label(run: dict, kimg) -> str:
+    """'run 00003 · emoji16 · 2 kimg': the run's number, its dataset and the snapshot's kimg."""
+    data = Path(str(run.get("dataset") or "")).name
+    data = data[:-4] if data.lower().endswith(".zip") else data
+    k = f"{kimg:,}" if isinstance(kimg, int) else f"{float(kimg):,.3f}".rstrip("0").rstrip(".")
+    return f"run {run['id']:05d} · {data or run['desc']} · {k} kimg"
+
+
+def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, Path]":
+    """{label shown in the picker: file}: every run's snapshots (the run written last first, its newest snapshot
+    first), then the demo, then uploads. With aliases, also '<run folder> / <snapshot file>' for each snapshot,
+    a name scripts may use; the picker shows the short labels only.
 
     Visitors pick labels; paths never come from the page, so nothing outside the workdir can be named.
     """
+    from engine.train.runs import snapshots_newest_first
+
     out: OrderedDict[str, Path] = OrderedDict()
+    extra: dict[str, Path] = {}
+    for run, kimg, snap in snapshots_newest_first(studio.runs_dir):
+        label = snapshot_label(run, kimg)
+        if label in out:  # two files of one kimg: tell them apart by name
+            label = f"{label} ({snap.name})"
+        out[label] = snap
+        extra[f"{run['name']} / {snap.name}"] = snap
     if studio.demo_network.is_file():
         out[DEMO_LABEL] = studio.demo_network
-    if studio.runs_dir.is_dir():
-        for run in sorted((p for p in studio.runs_dir.iterdir() if p.is_dir()), reverse=True):
-            for snap in sorted(run.glob("network-snapshot-*.pt"), reverse=True):
-                out[f"{run.name} / {snap.name}"] = snap
     up = studio.uploads_dir / UPLOAD_FOLDER
     if up.is_dir():
         for f in sorted(up.iterdir()):
             if f.suffix.lower() in (".pt", ".pkl"):
                 out[f"uploaded / {f.name}"] = f
+    if aliases:
+        for k, v in extra.items():
+            out.setdefault(k, v)
     return out
 
 
@@ -54,11 +72,20 @@ def default_network(studio: Studio) -> str | None:
     return next(iter(choices), None)
 
 
+def pick_network(choices, current, offered):
+    """What the picker shows after its list was refreshed: the newest snapshot (first choice) when the visitor
+    still has the one offered first last time (or nothing, or a network that is gone), else their own pick."""
+    first = next(iter(choices), None)
+    if not current or current not in choices or current == offered:
+        return first
+    return current
+
+
 def load(studio: Studio, label: str) -> dict:
     """The network behind a picker label, loaded once and kept (the three most recent) while the file is unchanged."""
     if not label:
         raise UserError("no network chosen: pick one, or upload a .pt / .pkl file")
-    choices = network_choices(studio)
+    choices = network_choices(studio, aliases=True)
     path = choices.get(label)
     if path is None:
         raise UserError(f"network not found: {label}; press the refresh button to update the list")
@@ -132,12 +159,26 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def _ranges(values) -> str:
+    """[0, 1, 2, 3, 6] -> '0-3, 6'."""
+    vals = sorted(set(int(v) for v in values))
+    parts, i = [], 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
 def build(studio: Studio):
     choices = network_choices(studio)
     first = next(iter(choices), None)
     with gr.Column():
         empty_md = gr.Markdown(_empty_text(studio, choices), elem_id="generate-empty",
                                visible=bool(_empty_text(studio, choices)))
+        offered_first = gr.State(first)  # the label the picker offered first last time it was filled
         with gr.Row():
             network = gr.Dropdown(list(choices), value=first, label="Network", elem_id="generate-network",
                                   allow_custom_value=True, scale=5)
@@ -157,12 +198,11 @@ def build(studio: Studio):
                                   elem_id="generate-class")
             noise = gr.Radio(["const", "random", "none"], value="const", label="Noise")
         generate_btn = gr.Button("Generate images", variant="primary", elem_id="generate-btn")
+        # One image area: the images with their seeds; a click shows one large. The grid PNG is a download.
         gallery = gr.Gallery(label="Images", columns=8, height="auto", elem_id="generate-gallery",
-                             object_fit="contain")
-        with gr.Row():
-            grid_img = gr.Image(label="Grid", type="filepath", interactive=False, elem_id="generate-grid", height=320)
-            files = gr.File(label="Download: grid PNG and all images as a zip", file_count="multiple",
-                            interactive=False, elem_id="generate-files")
+                             object_fit="contain", allow_preview=True)
+        files = gr.File(label="Download: all images in one grid PNG, and each image in a zip", file_count="multiple",
+                        interactive=False, elem_id="generate-files")
 
         gr.Markdown("### Interpolation video")
         with gr.Row():
@@ -190,7 +230,9 @@ def build(studio: Studio):
             m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
                                   info="low layers: pose and shape; high: colours and details")
         mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
-        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=400)
+        # Hidden until there is a grid to show: an empty 480 px box says nothing.
+        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480,
+                           visible=False)
 
     # ------------------------------------------------------------------ events
     @friendly
@@ -205,12 +247,13 @@ def build(studio: Studio):
 
     network.change(on_network, network, [info_md, class_idx], api_name="network_info")
 
-    def do_refresh(current):
+    def do_refresh(current, offered=None):
+        """The list again, the newest snapshot first; a network the visitor picked themselves stays picked."""
         ch = network_choices(studio)
-        value = current if current in ch else next(iter(ch), None)
-        return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
+        return (gr.update(choices=list(ch), value=pick_network(ch, current, offered)), empty_update(studio, ch),
+                next(iter(ch), None))
 
-    refresh_btn.click(do_refresh, network, [network, empty_md], api_name="networks")
+    refresh_btn.click(do_refresh, [network, offered_first], [network, empty_md, offered_first], api_name="networks")
 
     @friendly
     def on_upload(f):
@@ -256,9 +299,9 @@ def build(studio: Studio):
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
             for p, _ in items:
                 z.write(p, Path(p).name)
-        return items, str(grid_path), [str(grid_path), str(zip_path)]
+        return items, [str(grid_path), str(zip_path)]
 
-    generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise], [gallery, grid_img, files],
+    generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise], [gallery, files],
                        api_name="generate", concurrency_id="gpu", concurrency_limit=1)
 
     @friendly
@@ -300,7 +343,7 @@ def build(studio: Studio):
 
     @friendly
     def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, progress=gr.Progress()):
-        from engine.generate import parse_seeds, save_image, style_mix_grid
+        from engine.generate import label_mix_grid, parse_seeds, save_image, style_mix_grid
 
         net = load(studio, label)
         G = net["G_ema"]
@@ -314,20 +357,21 @@ def build(studio: Studio):
         progress(0, desc="Mixing styles")
         grid, _ = style_mix_grid(G, rows, cols, styles, psi=float(psi_v), noise_mode=noise_v)
         out = studio.new_output_dir("mix")
-        path = out / "style-mix.png"
-        save_image(grid, path)
-        return str(path)
+        save_image(grid, out / "style-mix.png")  # the plain grid, as the command line writes it
+        path = out / "style-mix-labelled.png"
+        save_image(label_mix_grid(grid, rows, cols), path)
+        return gr.update(value=str(path), visible=True, label=f"Style mixing: each row's seed with layers "
+                                                             f"{_ranges(styles)} taken from each column's seed")
 
     mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise], mix_img, api_name="mix",
                   concurrency_id="gpu", concurrency_limit=1)
 
     def on_load():
-        ch = network_choices(studio)
-        value = next(iter(ch), None)
-        return gr.update(choices=list(ch), value=value), empty_update(studio, ch)
+        return do_refresh(None)
 
     return {"network": network, "info": info_md, "class_idx": class_idx, "on_load": on_load,
-            "load_outputs": [network, empty_md], "on_network": on_network}
+            "on_tab": do_refresh, "tab_inputs": [network, offered_first],
+            "load_outputs": [network, empty_md, offered_first], "on_network": on_network}
 
 
 def empty_update(studio: Studio, choices):

@@ -31,7 +31,17 @@ def guide_markdown(studio: Studio, speed_line: str = "") -> str:
 
 
 def has_history(studio: Studio) -> bool:
-    """True once the user has made something: then the guide starts folded."""
+    """True once the user has a dataset and a run: then the guide has done its job and folds itself."""
     ds = any(p.suffix == ".zip" or p.is_dir() for p in studio.datasets_dir.iterdir())
     runs = any(p.is_dir() for p in studio.runs_dir.iterdir())
-    return ds or runs
+    return ds and runs
+
+
+def fold_once(studio: Studio, folded: bool):
+    """(accordion update, folded) for a page load or a tab change: the guide folds the first time this page finds
+    a dataset and a run; after that, opening and closing it is the visitor's own business."""
+    import gradio as gr
+
+    if not folded and has_history(studio):
+        return gr.update(open=False), True
+    return gr.skip(), bool(folded)

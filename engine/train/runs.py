@@ -234,3 +234,21 @@ def find_resume_latest(outdir, dataset_path):
         if run["latest_snapshot"] and run["dataset"] and _same_path(run["dataset"], dataset_path):
             return Path(run["latest_snapshot"])
     return None
+
+
+def snapshots_newest_first(outdir):
+    """Every snapshot under outdir as (run, kimg, path), for pickers: the run whose newest snapshot was written
+    last comes first (a resumed old run counts as new), and within a run the highest kimg first. `run` is the dict
+    list_runs gives; a snapshot that vanishes while the list is made is left out."""
+    runs = []
+    for run in list_runs(outdir):
+        snaps = []
+        for kimg, path in list_snapshots(run["path"]):
+            try:
+                snaps.append((kimg, path, path.stat().st_mtime))
+            except OSError:
+                continue
+        if snaps:
+            runs.append((max(t for _, _, t in snaps), run["id"], run, snaps))
+    runs.sort(key=lambda r: (r[0], r[1]), reverse=True)
+    return [(run, kimg, path) for _, _, run, snaps in runs for kimg, path, _ in reversed(snaps)]
