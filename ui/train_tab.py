@@ -493,9 +493,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     @friendly
     def do_resume(name, kimg_v, force_v, memo, filled):
         """Continue the run as launched; a length is changed only when the user changed the form's on purpose."""
-        v = _target(name)
-        if v.live:
-            raise UserError(f"run {v.name} is still running; stop it before resuming")
+        v = _target(name)  # a run that is still exiting after its stop is waited for by sup.resume
         length = float(kimg_v) if kimg_v else None
         filled = filled or {}
         if filled.get("run") == v.name:
