@@ -172,6 +172,8 @@ def test_journey(page, server):
     # A reload mid-run: the form shows the watched run's settings, not its defaults.
     pg.reload()
     pg.wait_for_selector("#tabs")
+    if pg.get_by_text("Three steps from pictures").is_visible():
+        pg.get_by_text("Getting started").click()  # fold the guide again: the screenshot shows the tab itself
     pg.get_by_role("tab", name="Train", exact=True).click()
     wait_text(pg, "#train-status", "RUNNING", 60)
     expect(field(pg, "train-kimg")).to_have_value("30")
@@ -188,6 +190,9 @@ def test_journey(page, server):
     # The log box shows its newest line, and NVIDIA's tick lines on one line each (it scrolls sideways).
     wait_text(pg, "#train-status", "s/kimg", 240)
     log_area = field(pg, "train-log")
+    deadline = time.time() + 240
+    while log_area.input_value().count("\n") < 20 and time.time() < deadline:  # more than the box shows at once
+        pg.wait_for_timeout(1000)
     pg.wait_for_timeout(3500)  # one more refresh of the page
     box = log_area.evaluate("t => ({top: t.scrollTop, height: t.clientHeight, full: t.scrollHeight, "
                             "ws: getComputedStyle(t).whiteSpace, value: t.value})")

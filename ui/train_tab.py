@@ -297,8 +297,9 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                 with gr.Column(scale=2):
                     log_box = gr.Textbox(label="log.txt (last lines)", lines=14, max_lines=14, interactive=False,
                                          elem_id="train-log", autoscroll=True)
-            runs = gr.Dataframe(headers=RUNS_HEADERS,
-                                interactive=False, label="Runs", elem_id="train-runs")
+            # Long run names wrap inside their column, so every column fits the page's width.
+            runs = gr.Dataframe(headers=RUNS_HEADERS, interactive=False, label="Runs", elem_id="train-runs",
+                                wrap=True, column_widths=["34%", "16%", "9%", "17%", "10%", "14%"])
     timer = gr.Timer(REFRESH_SEC)
     seen = gr.State({})
     form_of = gr.State({})  # {"run": name, "kimg": length} the form was filled from: tells a changed length
@@ -322,8 +323,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         for v in sup.runs():
             if v.run_dir is None:
                 continue
-            for s in sorted(v.run_dir.glob("network-snapshot-*.pt"), reverse=True):
-                out.append(f"{v.name}/{s.name}")
+            for _, snap in reversed(run_files.list_snapshots(v.run_dir)):
+                out.append(f"{v.name}/{snap.name}")
         return out
 
     def watch(name, slider_value, memo):
