@@ -405,6 +405,18 @@ def test_form_follows_the_run():
     assert (vals["aug"], vals["p"], vals["mirror"], vals["seed"]) == ("Fixed p", 0.3, True, 5)
 
 
+def test_resume_keeps_the_length_unless_the_user_changed_it():
+    from ui.supervisor import RunView
+    from ui.train_tab import resume_length
+
+    v = RunView(name="00001-x", run_dir=None, state="stopped", total_kimg=2.0)
+    assert resume_length(v, 2, {"run": v.name, "kimg": 2.0}) is None  # the form shows the run's own length
+    assert resume_length(v, 10, {"run": v.name, "kimg": 2.0}) == 10.0  # typed over it: meant
+    assert resume_length(v, 10, {"run": "00000-other", "kimg": 10.0}) is None  # the form shows another run
+    assert resume_length(v, None, {}) is None
+    assert resume_length(v, 2, {}) is None and resume_length(v, 5, {}) == 5.0  # an API call says what it means
+
+
 def test_estimate_from_comparable_runs_is_a_robust_median(tmp_path):
     from ui import estimate
     from ui.supervisor import Supervisor

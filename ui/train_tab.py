@@ -215,6 +215,25 @@ def form_values(v: RunView | None) -> dict | None:
     }
 
 
+def resume_length(v: RunView, kimg_v, filled: dict | None) -> float | None:
+    """The new length for resuming run `v`, or None to keep the one it was launched with.
+
+    `filled` ({"run", "kimg"}) is what the form was filled with from the watched run: only a length the user
+    typed over it counts. A form that shows another run's settings changes nothing; without a record of the
+    form (an API call) a length other than the run's is taken as meant.
+    """
+    length = float(kimg_v) if kimg_v else None
+    filled = filled or {}
+    if length is None:
+        return None
+    if filled.get("run") == v.name:
+        if abs(length - float(filled.get("kimg") or 0)) < 1e-9:
+            return None
+    elif filled:
+        return None
+    return None if abs(length - float(v.total_kimg or 0)) < 1e-9 else length
+
+
 FORM_KEYS = ["dataset", "preset", "kimg", "batch", "gamma", "snap", "tick", "aug", "augpipe", "p", "target", "mirror",
              "cond", "metrics", "seed"]
 
@@ -495,16 +514,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     def do_resume(name, kimg_v, force_v, memo, filled):
         """Continue the run as launched; a length is changed only when the user changed the form's on purpose."""
         v = _target(name)  # a run that is still exiting after its stop is waited for by sup.resume
-        length = float(kimg_v) if kimg_v else None
-        filled = filled or {}
-        if filled.get("run") == v.name:
-            # The form was filled from this run: a length other than the one it showed is the user's choice.
-            if length is not None and abs(length - float(filled.get("kimg") or 0)) < 1e-9:
-                length = None
-        elif filled:
-            length = None  # the form shows another run's settings: keep this run's own length
-        if length is not None and abs(length - float(v.total_kimg or 0)) < 1e-9:
-            length = None
+        length = resume_length(v, kimg_v, filled)
         if v.state == "finished" and length is None:
             raise UserError(f"run {v.name} finished its {v.total_kimg:g} kimg; set a larger length to train on, or "
                             f"start a new run")
