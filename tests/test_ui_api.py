@@ -1,6 +1,7 @@
 """Every dashboard action through gradio_client, against a real server on 127.0.0.1 with a temporary workdir."""
 
 import json
+import statistics
 import re
 import shutil
 import socket
@@ -442,8 +443,13 @@ def test_estimate_from_comparable_runs_is_a_robust_median(tmp_path):
     run(5, [900.0, 2.0, 2.0], cfg="small")
     est = estimate.from_previous_runs(sup, "tiny", 16, 8, size=300)
     assert est.runs == 2 and est.ticks == 5 and est.sec_per_kimg == pytest.approx(10.75)
+    # Start-up (set-up and tick 0: 1 s + 10 s) and the snapshots' share (1 s a tick of 10 s) are told apart.
+    assert est.startup_s == pytest.approx(11.0)
+    assert est.overhead_per_kimg == pytest.approx(statistics.median([3 / (10 / 10 + 10 / 11 + 10 / 12),
+                                                                      2 / (20 / 10.5)]))
     text = estimate.describe(est, 2)
     assert "2 runs" in text and "start-up not counted" in text and "How sure" in text
+    assert "start-up 11 s" in text and "training 22 s" in text and "about **35 s**" in text
     assert estimate.from_previous_runs(sup, "tiny", 32, 8) is None
     # Known without training: the same figure after a reload; a saved warm-up where no run compares.
     assert estimate.known(sup, 16, 300, "tiny", 8).sec_per_kimg == pytest.approx(10.75)

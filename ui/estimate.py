@@ -43,6 +43,8 @@ class Estimate:
     high: float = 0.0
     runs: int = 0
     size: int = 0
+    startup_s: float = 0.0  # from the launch to the end of tick 0 (set-up and the first step)
+    overhead_per_kimg: float = 0.0  # snapshots and grids, in seconds per kimg trained
 
 
 ANOMALY_FACTOR = 2.0  # a run whose median is this far from the others' median ran under other conditions
@@ -54,7 +56,7 @@ def _value(rec: dict, key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def _timed_ticks(stats: list[dict]) -> list[float]:
+def _timed_records(stats: list[dict]) -> list[dict]:
     """sec/kimg of the ticks that are not start-up: not tick 0, not the first tick of a resumed process.
 
     A resumed process shows in stats.jsonl as a tick that came much later than the one before it could have
@@ -71,8 +73,28 @@ def _timed_ticks(stats: list[dict]) -> list[float]:
         prev_ts = ts
         if i == 0 or not tick or restarted or not spk or spk <= 0:
             continue
-        vals.append(spk)
+        vals.append(rec)
     return vals
+
+
+def _timed_ticks(stats: list[dict]) -> list[float]:
+    """sec/kimg of the ticks that are not start-up (see _timed_records)."""
+    return [_value(r, "Timing/sec_per_kimg") for r in _timed_records(stats)]
+
+
+def _startup_s(stats: list[dict]) -> float | None:
+    """Set-up plus tick 0 (one step with its first-call costs) of a run's first process."""
+    if not stats or _value(stats[0], "Progress/tick") != 0:
+        return None
+    return (_value(stats[0], "Timing/maintenance_sec") or 0.0) + (_value(stats[0], "Timing/sec_per_tick") or 0.0)
+
+
+def _overhead_per_kimg(stats: list[dict]) -> float:
+    """Seconds of snapshots and grids (the maintenance of the timed ticks) per kimg trained."""
+    recs = _timed_records(stats)
+    kimg = sum((_value(r, "Timing/sec_per_tick") or 0.0) / (_value(r, "Timing/sec_per_kimg") or 1.0) for r in recs)
+    maint = sum(_value(r, "Timing/maintenance_sec") or 0.0 for r in recs)
+    return maint / kimg if kimg > 0 else 0.0
 
 
 def _sec_per_kimg(stats: list[dict]) -> float | None:
@@ -118,17 +140,22 @@ def from_previous_runs(sup: Supervisor, preset: str, resolution: int, batch: int
         if v.run_dir is None or v.state in ("failed", "unknown") or \
                 not _run_matches(v.run_dir, preset, resolution, batch, v.launch, size):
             continue
-        ticks = _timed_ticks(read_stats(v.run_dir))
+        stats = read_stats(v.run_dir)
+        ticks = _timed_ticks(stats)
         if ticks:
-            per_run.append((v.name, statistics.median(ticks), len(ticks)))
+            per_run.append((v.name, statistics.median(ticks), len(ticks), _startup_s(stats),
+                            _overhead_per_kimg(stats)))
     if not per_run:
         return None
-    mid = statistics.median(m for _, m, _ in per_run)
+    mid = statistics.median(r[1] for r in per_run)
     kept = [r for r in per_run if mid / ANOMALY_FACTOR <= r[1] <= mid * ANOMALY_FACTOR]
-    spk = statistics.median(m for _, m, _ in kept)
+    spk = statistics.median(r[1] for r in kept)
     source = f"run {kept[0][0]}" if len(kept) == 1 else f"{len(kept)} runs"
-    return Estimate(spk, source, preset, resolution, batch, ticks=sum(n for *_, n in kept),
-                    low=min(m for _, m, _ in kept), high=max(m for _, m, _ in kept), runs=len(kept), size=size)
+    startups = [r[3] for r in kept if r[3] is not None]
+    return Estimate(spk, source, preset, resolution, batch, ticks=sum(r[2] for r in kept),
+                    low=min(r[1] for r in kept), high=max(r[1] for r in kept), runs=len(kept), size=size,
+                    startup_s=statistics.median(startups) if startups else 0.0,
+                    overhead_per_kimg=statistics.median(r[4] for r in kept))
 
 
 def _saved_path(sup: Supervisor) -> Path:
@@ -211,8 +238,9 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
         raise UserError(f"the warm-up of preset {preset} did not finish two ticks: {why}")
     shutil.rmtree(scratch, ignore_errors=True)
     ticks = _timed_ticks(stats)
+    # The warm-up writes no snapshot after tick 0, so it has no figure for their cost.
     return Estimate(spk, "warm-up", preset, resolution, batch, measured_s=time.time() - t0, ticks=len(ticks),
-                    low=min(ticks), high=max(ticks))
+                    low=min(ticks), high=max(ticks), startup_s=_startup_s(stats) or 0.0)
 
 
 def estimate(sup: Supervisor, data: Path, resolution: int, channels: int, preset: str,
@@ -241,6 +269,12 @@ def describe(est: Estimate, kimg: float) -> str:
                 else "rough: few runs to compare, or they differ; other load on the machine changes it")
     text = f"**{est.sec_per_kimg:.1f} s per kimg** on this machine ({where}; start-up not counted). "
     if kimg > 0:
-        text += (f"{kimg:g} kimg will take about **{fmt_duration(est.sec_per_kimg * kimg)}**, plus start-up and "
-                 f"snapshots. How sure: {sure}.")
+        train_s = est.sec_per_kimg * kimg
+        extra_s = est.overhead_per_kimg * kimg
+        total = train_s + extra_s + est.startup_s
+        parts = [f"training {fmt_duration(train_s)}"]
+        if extra_s >= 1:
+            parts.append(f"snapshots and grids {fmt_duration(extra_s)}")
+        parts.append(f"start-up {fmt_duration(est.startup_s)}" if est.startup_s >= 1 else "plus start-up")
+        text += f"{kimg:g} kimg will take about **{fmt_duration(total)}** ({', '.join(parts)}). How sure: {sure}."
     return text
