@@ -241,7 +241,8 @@ FORM_KEYS = ["dataset", "preset", "kimg", "batch", "gamma", "snap", "tick", "aug
 def button_updates(v: RunView | None) -> tuple:
     """(start, stop, resume) buttons for the watched run: Stop while it trains, Resume for a stopped or failed run
     with a snapshot, named for it."""
-    going = v is not None and v.live and v.state in ("running", "starting", "stopping")
+    # A launch still without its run folder has nothing Stop could keep a snapshot of yet.
+    going = v is not None and v.live and v.state in ("running", "starting", "stopping") and v.run_dir is not None
     can_resume = (v is not None and not v.live and v.state in ("stopped", "failed") and v.run_dir is not None
                   and run_files.latest_snapshot(v.run_dir) is not None)
     stop = gr.update(visible=going, interactive=going and v.state != "stopping",
