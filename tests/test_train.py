@@ -296,7 +296,8 @@ def test_metrics_are_written_at_each_snapshot(data, tmp_path, monkeypatch):
     rec = records[-1]
     for key in ("results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"):
         assert key in rec
-    assert rec["snapshot_pkl"] == "network-snapshot-000000.pt"
+    # Each record names its own snapshot: tick 0's took NVIDIA's name, the final one (0.008 kimg) the finer one.
+    assert [r["snapshot_pkl"] for r in records] == ["network-snapshot-000000.pt", "network-snapshot-000000_008.pt"]
 
 
 def test_bad_options_are_user_errors(data, tmp_path):
