@@ -48,7 +48,7 @@ def build_app(studio, sup=None):
                 system = system_tab.build(studio, sup)
         # Lists that another tab may have changed are refreshed when their tab is opened.
         t_data.select(data["refresh"], None, data["refresh_outputs"], api_name=False)
-        t_train.select(train["refresh"], None, train["outputs"], api_name=False).then(
+        t_train.select(train["refresh"], train["refresh_inputs"], train["outputs"], api_name=False).then(
             train["watch"], train["watch_inputs"], train["watch_outputs"], api_name=False)
         t_gen.select(gen["on_tab"], gen["tab_inputs"], gen["load_outputs"], api_name=False)
         t_sys.select(system["refresh"], None, system["markdown"], api_name=False)
@@ -58,6 +58,8 @@ def build_app(studio, sup=None):
         demo.load(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
         demo.load(gen["on_load"], None, gen["load_outputs"], api_name=False).then(
             gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False)
+        # A reloaded page shows the watched run's settings, so Resume and Start act on what the user sees.
+        demo.load(train["fill"], train["fill_inputs"], train["fill_outputs"], api_name=False)
     demo._studio_tabs = tabs
     return demo
 

@@ -1,9 +1,11 @@
 """The whole journey in a real browser (Debian's Chromium driven by Playwright), with a screenshot of each tab.
 
-prepare the emoji set at 16 px -> train the tiny preset for a few ticks (chart and grid appear) -> stop ->
-resume -> stop -> generate a grid and a GIF from the new snapshot. Screenshots go to docs/screenshots/.
+prepare the emoji set at 16 px -> train the tiny preset for a few ticks (chart and grid appear) -> reload the
+page mid-run (the form shows the run's settings) -> stop -> resume (the length stays) -> stop -> generate a grid
+and a GIF from the new snapshot. Screenshots go to docs/screenshots/.
 """
 
+import json
 import os
 import re
 import shutil
@@ -150,7 +152,7 @@ def test_journey(page, server):
     # Train: tiny preset, short ticks so the page has something to show within seconds.
     pg.get_by_role("tab", name="Train", exact=True).click()
     expect(field(pg, "train-dataset")).to_have_value("emoji16.zip")
-    field(pg, "train-kimg").fill("1000")
+    field(pg, "train-kimg").fill("30")  # not the form's default: a reload must not bring that back
     pg.get_by_text("More settings").click()
     field(pg, "train-batch").fill("8")
     field(pg, "train-tick").fill("0.032")
@@ -163,20 +165,78 @@ def test_journey(page, server):
     wait_text(pg, "#train-status", "s/kimg", 240)
     wait_text(pg, "#fakes-slider", "kimg", 240)
     expect(field(pg, "train-log")).to_have_value(re.compile(r"^tick \d+", re.M), timeout=60_000)
+
+    run_dir = next((studio / "runs").iterdir())
+    short = run_dir.name[:5]
+
+    # A reload mid-run: the form shows the watched run's settings, not its defaults.
+    pg.reload()
+    pg.wait_for_selector("#tabs")
+    if pg.get_by_text("Three steps from pictures").is_visible():
+        pg.get_by_text("Getting started").click()  # fold the guide again: the screenshot shows the tab itself
+    pg.get_by_role("tab", name="Train", exact=True).click()
+    wait_text(pg, "#train-status", "RUNNING", 60)
+    expect(field(pg, "train-kimg")).to_have_value("30")
+    expect(field(pg, "train-dataset")).to_have_value("emoji16.zip")
+    expect(field(pg, "train-preset")).to_have_value("tiny")
+    pg.get_by_text("More settings").click()
+    expect(field(pg, "train-batch")).to_have_value("8")
+    expect(field(pg, "train-tick")).to_have_value("0.032")
+    expect(field(pg, "train-snap")).to_have_value("2")
+    # Buttons follow the run: Stop while it trains, no Resume; Start says it makes a new run.
+    expect(pg.locator("#train-stop-btn")).to_have_text(f"Stop run {short}")
+    expect(pg.locator("#train-resume-btn")).to_be_hidden()
+    expect(pg.locator("#train-start-btn")).to_have_text("Start a new run")
+    # The log box shows its newest line, and NVIDIA's tick lines on one line each (it scrolls sideways).
+    wait_text(pg, "#train-status", "s/kimg", 240)
+    log_area = field(pg, "train-log")
+    deadline = time.time() + 240
+    while log_area.input_value().count("\n") < 20 and time.time() < deadline:  # more than the box shows at once
+        pg.wait_for_timeout(1000)
+    pg.wait_for_timeout(3500)  # one more refresh of the page
+    box = log_area.evaluate("t => ({top: t.scrollTop, height: t.clientHeight, full: t.scrollHeight, "
+                            "ws: getComputedStyle(t).whiteSpace, value: t.value})")
+    assert box["full"] > box["height"], "the test needs more log than fits the box"
+    assert box["top"] + box["height"] >= box["full"] - 4, f"the newest log line is out of view: {box}"
+    assert box["ws"] == "pre", box["ws"]
+    last = box["value"].rstrip("\n").splitlines()[-1]
+    assert last and last in (run_dir / "log.txt").read_text()
+    # The tick in the status is the newest tick line of log.txt.
+    status_tick = int(re.search(r"tick (\d+)", pg.locator("#train-status").inner_text()).group(1))
+    logged = [int(m) for m in re.findall(r"^tick (\d+)", (run_dir / "log.txt").read_text(), re.M)]
+    assert status_tick in logged[-2:], (status_tick, logged[-3:])
     shot(pg, "train")
 
     pg.locator("#train-stop-btn").click()
     wait_text(pg, "#train-status", "STOPPED", 240)
-    run_dir = next((studio / "runs").iterdir())
-    snaps_after_stop = sorted(run_dir.glob("network-snapshot-*.pt"))
-    assert snaps_after_stop
+    expect(pg.locator("#train-stop-btn")).to_be_hidden()
+    expect(pg.locator("#train-resume-btn")).to_have_text(f"Resume run {short}")
+    expect(pg.locator("#train-status")).to_contain_text(f"Resume run {short}")  # says how to continue
+    status = json.loads((run_dir / "status.json").read_text())
+    # Every snapshot kept its own file and a true name; the status names the one just written.
+    from engine.checkpoint import load_snapshot
+    from engine.train import runs
 
+    snaps = runs.list_snapshots(run_dir)
+    assert len(snaps) >= 2
+    for named, path in snaps:
+        nimg = int(load_snapshot(path)["progress"]["cur_nimg"])
+        assert int(named) == nimg // 1000 and ("_" not in path.name or path.name.endswith(f"_{nimg % 1000:03d}.pt"))
+    assert status["snapshot"] == snaps[-1][1].name
+    expect(pg.locator("#train-status")).to_contain_text(status["snapshot"])
+    # The newest grid is labelled with the kimg at which it was drawn.
+    expect(pg.locator("#fakes-slider")).to_contain_text(f"at {status['kimg']:.3f} kimg")
+
+    # Resume keeps the run's length (the form shows it; nobody changed it).
     pg.locator("#train-resume-btn").click()
     wait_text(pg, "#train-status", "RUNNING", 240)
+    expect(pg.locator("#train-status")).to_contain_text("of 30 kimg")
+    assert json.loads((run_dir / "status.json").read_text())["total_kimg"] == 30
     wait_text(pg, "#train-status", "ETA", 60)  # a time left, or "measuring" until the resumed process timed a tick
     pg.locator("#train-stop-btn").click()
     wait_text(pg, "#train-status", "STOPPED", 240)
     expect(pg.locator("#train-runs")).to_contain_text("stopped")
+    expect(pg.locator("#train-runs")).to_contain_text("/ 30")
 
     # Generate: the new run's newest snapshot is offered first, by run number, dataset and kimg; a grid, a GIF.
     pg.get_by_role("tab", name="Generate", exact=True).click()

@@ -98,6 +98,7 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
         # Resume continues from the snapshot: a new launch whose run goes on from where the first stopped.
         rec = sup.resume(run.run_dir)
         assert any(a.startswith("--resume=") and a.endswith(snap.name) for a in rec["args"])
+        assert "--kimg=1000" in rec["args"] and "length_from" not in rec  # the length it was launched with
         run2 = sup.wait_for_run_dir(rec, timeout=240)
         assert run2 is not None
         assert run2 == run.run_dir  # a resume continues the same folder
@@ -111,8 +112,12 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
         assert status(run2)["state"] == "running"
         assert view.state == "failed" and view.message and view.log_tail
         assert [(v.name, v.state) for v in Supervisor(work).runs()] == [(run2.name, "failed")]
-        # It can be resumed from its last snapshot like any stopped run.
+        # It can be resumed from its last snapshot like any stopped run, with another length if asked.
         assert latest_snapshot(run2) is not None
+        rec = sup.resume(run2, kimg=1500)
+        assert "--kimg=1500" in rec["args"] and rec["length_from"] == 1000
+        assert sup.wait_for_run_dir(rec, timeout=240) == run2
+        assert sup.view(run2).launch["length_from"] == 1000
     finally:
         for p in (pid, locals().get("rec", {}).get("pid")):
             if p and is_training_process(p):

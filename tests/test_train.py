@@ -49,7 +49,11 @@ def test_tiny_run_end_to_end(data, tmp_path):
         assert f in names, f
     status = runs.read_status(run)
     assert status["state"] == "finished" and status["kimg"] == pytest.approx(0.012)
-    assert status["snapshot"] == "network-snapshot-000000.pt" and not status["alive"]
+    # The first tick (one step, 0.004 kimg) took NVIDIA's name for kimg 0; the final one keeps its own file.
+    assert status["snapshot"] == "network-snapshot-000000_012.pt" and not status["alive"]
+    assert "network-snapshot-000000_012.pt" in names and "fakes000000_012.png" in names
+    assert [round(k, 3) for k, _ in runs.list_snapshots(run)] == [0.0, 0.012]
+    assert runs.latest_snapshot(run).name == "network-snapshot-000000_012.pt"
     stats = runs.read_stats(run)
     assert [s["Progress/tick"]["mean"] for s in stats] == list(range(len(stats)))
     assert stats[-1]["Progress/kimg"]["mean"] == pytest.approx(0.012)
@@ -63,9 +67,32 @@ def test_tiny_run_end_to_end(data, tmp_path):
         assert im.size[0] <= 1024 and im.size[0] % 16 == 0 and im.size[0] >= 64
     log = (run / "log.txt").read_text()
     assert "tick 0" in log and "finished" in log
-    net = load_network(run / "network-snapshot-000000.pt")
+    assert load_network(run / "network-snapshot-000000.pt")["progress"]["cur_nimg"] == 4
+    net = load_network(run / "network-snapshot-000000_012.pt")
     assert net["G_ema"].img_resolution == 16 and net["D"] is not None
     assert net["progress"]["cur_nimg"] == 12
+    grids = runs.list_fakes(run)
+    assert [g.name for _, g in grids] == ["fakes_init.png", "fakes000000.png", "fakes000000_012.png"]
+    assert runs.fakes_kimg(grids[1][1], stats) == pytest.approx(0.004)
+    assert runs.fakes_kimg(grids[2][1], stats) == pytest.approx(0.012)
+
+
+def test_snapshot_names_are_nvidias_per_kimg_and_finer_within_one(tmp_path):
+    assert runs.snapshot_name(4032, tmp_path) == "network-snapshot-000004.pt"
+    (tmp_path / "network-snapshot-000004.pt").write_bytes(b"")
+    assert runs.snapshot_name(4500, tmp_path) == "network-snapshot-000004_500.pt"
+    assert runs.fakes_name(4500, tmp_path) == "fakes000004.png"
+    for name in ("network-snapshot-000004_500.pt", "network-snapshot-000004_096.pt", "network-snapshot-000012.pt",
+                 "network-snapshot-000003_999.pt", "network-snapshot-oops.pt"):
+        (tmp_path / name).write_bytes(b"")
+    found = [p.name for _, p in runs.list_snapshots(tmp_path)]
+    assert found == ["network-snapshot-000003_999.pt", "network-snapshot-000004.pt", "network-snapshot-000004_096.pt",
+                     "network-snapshot-000004_500.pt", "network-snapshot-000012.pt"]
+    assert sorted(found) == found  # a plain sort of the names (NVIDIA-style tools) gives the same order
+    assert runs.latest_snapshot(tmp_path).name == "network-snapshot-000012.pt"
+    assert runs.snapshot_kimg("network-snapshot-000004_096.pt") == pytest.approx(4.096)
+    assert runs.snapshot_kimg("fakes000002_500.png") == pytest.approx(2.5)
+    assert runs.snapshot_kimg("network-snapshot-oops.pt") is None
 
 
 def _final_state(run):
@@ -261,7 +288,8 @@ def test_metrics_are_written_at_each_snapshot(data, tmp_path, monkeypatch):
     rec = records[-1]
     for key in ("results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"):
         assert key in rec
-    assert rec["snapshot_pkl"] == "network-snapshot-000000.pt"
+    # Each record names its own snapshot: tick 0's took NVIDIA's name, the final one (0.008 kimg) the finer one.
+    assert [r["snapshot_pkl"] for r in records] == ["network-snapshot-000000.pt", "network-snapshot-000000_008.pt"]
 
 
 def test_bad_options_are_user_errors(data, tmp_path):

@@ -1,6 +1,7 @@
 """Every dashboard action through gradio_client, against a real server on 127.0.0.1 with a temporary workdir."""
 
 import json
+import statistics
 import re
 import shutil
 import socket
@@ -328,28 +329,138 @@ def test_train_watch_stop_resume_generate(served):
     assert len(gallery) == 4
 
 
+def _tick(t, kimg, spk, tick=1, sec_per_tick=10.0, maint=1.0):
+    def m(x):
+        return {"num": 1, "mean": x, "std": 0.0}
+
+    return {"timestamp": t, "Progress/kimg": m(kimg), "Progress/tick": m(tick), "Timing/sec_per_kimg": m(spk),
+            "Timing/sec_per_tick": m(sec_per_tick), "Timing/maintenance_sec": m(maint)}
+
+
 def test_status_line_eta():
     from ui.supervisor import RunView
     from ui.train_tab import status_html
 
-    def tick(t, kimg, spk):
-        return {"timestamp": t, "Progress/kimg": {"num": 1, "mean": kimg, "std": 0.0},
-                "Timing/sec_per_kimg": {"num": 1, "mean": spk, "std": 0.0}}
-
-    v = RunView(name="00000-x", run_dir=None, state="running", kimg=0.0, total_kimg=10.0, started=1000.0)
+    tick = _tick
+    v = RunView(name="00000-x", run_dir=None, state="running", kimg=0.0, total_kimg=10.0, started=1000.0, live=True)
     assert "ETA measuring" in status_html(v, [])
     # A tick of an earlier process (before a resume) says nothing about this one's speed.
     assert "ETA measuring" in status_html(v, [tick(900.0, 1.0, 5.0)])
+    # Nor does the first tick of this process: it holds start-up.
+    first = [tick(900.0, 1.0, 5.0, 1), tick(1100.0, 8.0, 300.0, 2)]
+    assert "ETA measuring" in status_html(v, first) and "8.00</b> of 10 kimg" in status_html(v, first)
     # stats.jsonl has the tick before status.json does (it is written before the snapshot): 2 kimg left at 30 s.
-    line = status_html(v, [tick(900.0, 1.0, 5.0), tick(1100.0, 8.0, 30.0)])
+    line = status_html(v, first + [tick(1130.0, 8.0, 30.0, 3)])
     assert "30.0 s/kimg" in line and "ETA 1 min 00 s" in line and "8.00</b> of 10 kimg" in line
-    # status.json's own figure once written.
-    v.kimg, v.sec_per_kimg = 9.0, 20.0
-    assert "ETA 20 s" in status_html(v, [])
+    # The tick shown is the newest line of log.txt, not status.json's next tick.
+    v.tick = 4
+    assert "tick 3" in line
     # No time left is promised once the run no longer trains.
     for state in ("stopping", "stopped", "finished", "failed"):
         v.state = state
-        assert "ETA" not in status_html(v, [tick(1100.0, 8.0, 30.0)])
+        assert "ETA" not in status_html(v, first + [tick(1130.0, 8.0, 30.0, 3)])
+
+
+def test_status_says_how_to_go_on_and_buttons_follow_the_state(tmp_path):
+    from ui.supervisor import RunView
+    from ui.train_tab import button_updates, runs_table, status_html
+
+    run_dir = tmp_path / "00003-emoji-tiny"
+    run_dir.mkdir()
+    (run_dir / "network-snapshot-000000.pt").write_bytes(b"")
+    (run_dir / "network-snapshot-000000_100.pt").write_bytes(b"")
+    v = RunView(name=run_dir.name, run_dir=run_dir, state="running", kimg=0.1, total_kimg=2.0, tick=3, live=True,
+                snapshot="network-snapshot-000000_100.pt")
+    start, stop, resume = button_updates(v)
+    assert start["value"] == "Start a new run"
+    assert stop["visible"] and stop["value"] == "Stop run 00003" and not resume["visible"]
+    assert "network-snapshot-000000_100.pt (0.1 kimg)" in status_html(v, [])
+    v.state, v.live, v.message = "stopped", False, "stop requested"
+    _, stop, resume = button_updates(v)
+    assert not stop["visible"] and resume["visible"] and resume["value"] == "Resume run 00003"
+    text = status_html(v, [])
+    assert "Resume run 00003" in text and "network-snapshot-000000_100.pt to 2 kimg" in text
+    v.state = "finished"
+    assert not button_updates(v)[2]["visible"]
+    v.state = "failed"
+    assert button_updates(v)[2]["visible"]
+    (run_dir / "network-snapshot-000000.pt").unlink()
+    (run_dir / "network-snapshot-000000_100.pt").unlink()
+    assert not button_updates(v)[2]["visible"]  # nothing to resume from
+    # The runs table gives the kimg the status shows, and a stopped run's length.
+    v.state = "stopped"
+    assert runs_table([v], {v.name: 0.25})[0][3] == "0.25 / 2"
+    v.launch = {"length_from": 2.0, "data": "x.zip", "cfg": "tiny"}
+    v.total_kimg, v.state, v.live = 10.0, "running", True
+    assert "length 2 → 10 kimg" in status_html(v, [])
+
+
+def test_form_follows_the_run():
+    from ui.supervisor import RunView
+    from ui.train_tab import FORM_KEYS, form_values
+
+    v = RunView(name="00001-emoji-tiny", run_dir=None, state="stopped", total_kimg=2.0,
+                launch={"data": "/w/datasets/emoji16.zip", "cfg": "tiny", "kimg": 2.0,
+                        "options": {"batch": 8, "tick": 0.032, "snap": 2, "aug": "fixed", "p": 0.3, "mirror": True,
+                                    "metrics": "none", "seed": 5}})
+    vals = form_values(v)
+    assert set(vals) == set(FORM_KEYS)
+    assert (vals["dataset"], vals["preset"], vals["kimg"], vals["batch"], vals["tick"], vals["snap"]) == \
+        ("emoji16.zip", "tiny", 2.0, 8, 0.032, 2)
+    assert (vals["aug"], vals["p"], vals["mirror"], vals["seed"]) == ("Fixed p", 0.3, True, 5)
+
+
+def test_resume_keeps_the_length_unless_the_user_changed_it():
+    from ui.supervisor import RunView
+    from ui.train_tab import resume_length
+
+    v = RunView(name="00001-x", run_dir=None, state="stopped", total_kimg=2.0)
+    assert resume_length(v, 2, {"run": v.name, "kimg": 2.0}) is None  # the form shows the run's own length
+    assert resume_length(v, 10, {"run": v.name, "kimg": 2.0}) == 10.0  # typed over it: meant
+    assert resume_length(v, 10, {"run": "00000-other", "kimg": 10.0}) is None  # the form shows another run
+    assert resume_length(v, None, {}) is None
+    assert resume_length(v, 2, {}) is None and resume_length(v, 5, {}) == 5.0  # an API call says what it means
+
+
+def test_estimate_from_comparable_runs_is_a_robust_median(tmp_path):
+    from ui import estimate
+    from ui.supervisor import Supervisor
+
+    sup = Supervisor(tmp_path)
+
+    def run(n, spks, size=300, state="stopped", cfg="tiny"):
+        d = sup.runs_dir / f"{n:05d}-emoji-{cfg}"
+        d.mkdir(parents=True)
+        (d / "training_options.json").write_text(json.dumps(
+            {"cfg": cfg, "batch_size": 8, "dataset": {"resolution": 16, "size": size}}))
+        (d / "status.json").write_text(json.dumps({"state": state, "kimg": 1.0, "total_kimg": 2.0, "tick": 3,
+                                                   "started": 1000.0 + n}))
+        with open(d / "stats.jsonl", "w") as f:
+            for i, spk in enumerate(spks):
+                f.write(json.dumps(_tick(1000.0 + n * 1000 + 11.0 * i, 0.1 * i, spk, tick=i)) + "\n")
+
+    run(0, [900.0, 10.0, 11.0, 12.0])  # tick 0 (start-up) is left out
+    run(1, [900.0, 10.5, 10.5])
+    run(2, [900.0, 300.0, 297.0])  # ran under another load: far off the others
+    run(3, [900.0, 1.0, 1.0], state="failed")  # interrupted
+    run(4, [900.0, 2.0, 2.0], size=4000)  # another dataset size
+    run(5, [900.0, 2.0, 2.0], cfg="small")
+    est = estimate.from_previous_runs(sup, "tiny", 16, 8, size=300)
+    assert est.runs == 2 and est.ticks == 5 and est.sec_per_kimg == pytest.approx(10.75)
+    # Start-up (set-up and tick 0: 1 s + 10 s) and the snapshots' share (1 s a tick of 10 s) are told apart.
+    assert est.startup_s == pytest.approx(11.0)
+    assert est.overhead_per_kimg == pytest.approx(statistics.median([3 / (10 / 10 + 10 / 11 + 10 / 12),
+                                                                      2 / (20 / 10.5)]))
+    text = estimate.describe(est, 2)
+    assert "2 runs" in text and "start-up not counted" in text and "How sure" in text
+    assert "start-up 11 s" in text and "training 22 s" in text and "about **35 s**" in text
+    assert estimate.from_previous_runs(sup, "tiny", 32, 8) is None
+    # Known without training: the same figure after a reload; a saved warm-up where no run compares.
+    assert estimate.known(sup, 16, 300, "tiny", 8).sec_per_kimg == pytest.approx(10.75)
+    assert estimate.known(sup, 16, 50, "tiny", 8) is None
+    estimate._save_warm_up(sup, estimate.Estimate(7.0, "warm-up", "tiny", 16, 8, measured_s=40, ticks=2, low=6.5,
+                                                  high=7.5, size=50))
+    assert estimate.known(sup, 16, 50, "tiny", 8).sec_per_kimg == 7.0
 
 
 def test_estimate_by_warm_up(served):

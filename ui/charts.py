@@ -44,7 +44,8 @@ Y_LIMITS = {"R1 penalty": (0.0, None), "Augment p": (0.0, 1.0), "Signs of D(real
 NO_METRICS = ("FID / KID are not measured in this run. Choose them under <i>Metrics at each snapshot</i> when "
               "starting a run,<br>or measure a snapshot later: <span style='font-family:monospace'>python -m engine metrics --network "
               "runs/&lt;run&gt;/network-snapshot-NNNNNN.pt --metrics fid1k</span>")
-SNAP_KIMG_RE = re.compile(r"(\d+)\.(pt|pkl)$")
+# NVIDIA's name (kimg) or the finer one within a kimg (KKKKKK_III); NVIDIA's runs record .pkl names.
+SNAP_KIMG_RE = re.compile(r"network-snapshot-(\d{6})(?:_(\d{3}))?\.(?:pt|pkl)$")
 
 
 def _mean(record: dict, key: str):
@@ -74,7 +75,7 @@ def metric_points(records: list[dict]) -> dict[str, tuple[list[float], list[floa
         kimg = rec.get("kimg")
         if kimg is None:
             m = SNAP_KIMG_RE.search(str(rec.get("snapshot_pkl") or rec.get("snapshot") or ""))
-            kimg = int(m.group(1)) if m else None
+            kimg = int(m.group(1)) + (int(m.group(2)) / 1000 if m.group(2) else 0.0) if m else None
         for name, value in (rec.get("results") or {}).items():
             if kimg is None or not isinstance(value, (int, float)):
                 continue

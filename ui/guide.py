@@ -9,7 +9,7 @@ GUIDE = """
 
 1. **Data** — turn pictures into a training set: the built-in emoji set, a zip or images you upload
    {folder_hint}. Everything is resized to one square size (16–1024 px; 32 px trains in minutes on a CPU).
-2. **Train** — pick the dataset and a preset (*tiny* for a first try) and press *Start training*. The page
+2. **Train** — pick the dataset and a preset (*tiny* for a first try) and press *Start a new run*. The page
    follows the run by itself: progress, curves, the newest generated images. *Stop* keeps a snapshot;
    *Resume* goes on from it.
 3. **Generate** — pick the demo network or any snapshot, type seeds (each seed is one image, the same every

@@ -23,10 +23,10 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
+from engine.train.runs import latest_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR_RE = re.compile(r"^\d{5}-")
-SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)\.(pt|pkl)$")
 
 
 def _read_json(path: Path):
@@ -385,7 +385,8 @@ class Supervisor:
     def resume(self, run_dir, kimg: float | None = None, force: bool = False) -> dict:
         """Start a new training that continues run `run_dir` from its newest snapshot.
 
-        The settings are the ones the run was launched with; `kimg` raises the total (a finished run needs more).
+        The settings and length are the ones the run was launched with; `kimg` sets another length (a finished run
+        needs more). The launch record keeps the length before (`length_from`) when it changed.
         """
         run_dir = Path(run_dir)
         view = self.view(run_dir)
@@ -403,15 +404,19 @@ class Supervisor:
         rec = view.launch
         if rec is not None:
             data, cfg, options = rec["data"], rec["cfg"], dict(rec.get("options") or {})
-            total = float(kimg) if kimg else float(rec.get("kimg") or view.total_kimg)
+            before = float(view.total_kimg or rec.get("kimg") or 0)
         else:
-            data, cfg, options, total = _settings_from_run(run_dir)
-            if kimg:
-                total = float(kimg)
+            data, cfg, options, before = settings_from_run(run_dir)
+        total = float(kimg) if kimg else before
         if view.kimg and total <= view.kimg + 1e-6:
-            raise UserError(f"run {run_dir.name} already reached {view.kimg:g} kimg; set a larger total kimg to go on")
+            raise UserError(f"run {run_dir.name} already reached {view.kimg:g} kimg of {total:g}; set a larger length "
+                            f"to go on")
         options.pop("resume", None)
-        return self.start(data, cfg, total, options, force=force, resume=str(snap))
+        launched = self.start(data, cfg, total, options, force=force, resume=str(snap))
+        if before and abs(total - before) > 1e-9:
+            launched["length_from"] = before
+            self._save(launched)
+        return launched
 
     def dismiss_failed_launches(self) -> None:
         """Hide launches that died before they made a run folder."""
@@ -421,16 +426,7 @@ class Supervisor:
                 self._save(rec)
 
 
-def latest_snapshot(run_dir) -> Path | None:
-    best = None
-    for p in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
-        m = SNAPSHOT_RE.match(p.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return best[1] if best else None
-
-
-def _settings_from_run(run_dir: Path):
+def settings_from_run(run_dir: Path):
     """(data, cfg, options, total kimg) of a run started outside the dashboard, from training_options.json."""
     opts = _read_json(run_dir / "training_options.json") or {}
     data, cfg, total = opts.get("data"), opts.get("cfg"), opts.get("total_kimg")

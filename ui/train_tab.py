@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import html
 import json
-import re
+import statistics
 from pathlib import Path
 
 import gradio as gr
 
 from engine.errors import UserError
 from engine.train.presets import PRESETS
+from engine.train import runs as run_files
 from engine.train.runs import read_metrics, read_stats
 from ui import charts, estimate
 from ui.common import Studio, fmt_duration, friendly
 from ui.data_tab import dataset_choices, dataset_summary
-from ui.supervisor import RunView, Supervisor
+from ui.supervisor import RunView, Supervisor, settings_from_run
 
 AUGPIPES = ["bgc", "blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgcf", "bgcfn", "bgcfnc"]
 METRICS = ["none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
+AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
 NEWEST = "(newest run)"
-FAKES_RE = re.compile(r"^fakes(\d{6})\.png$")
+START_LABEL = "Start a new run"
 REFRESH_SEC = 3.0
+# The log box follows its newest line, as a terminal does (gradio's own autoscroll misses updates from the server).
+SCROLL_LOG_JS = ("() => { const t = document.querySelector('#train-log textarea'); "
+                 "if (t) { t.scrollTop = t.scrollHeight; } }")
 
 
 def preset_names() -> list[str]:
@@ -33,12 +38,13 @@ def preset_names() -> list[str]:
 
 
 def fakes_files(run_dir: Path | None) -> list[Path]:
-    """fakes_init.png then fakesNNNNNN.png in kimg order."""
-    if run_dir is None or not run_dir.is_dir():
-        return []
-    grids = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
-    init = run_dir / "fakes_init.png"
-    return ([init] if init.is_file() else []) + [p for _, p in grids]
+    """fakes_init.png then the fakes grids in kimg order."""
+    return [p for _, p in run_files.list_fakes(run_dir)]
+
+
+def run_short(name: str) -> str:
+    """'00003' of '00003-emoji16-tiny': how the buttons name a run."""
+    return name.split("-", 1)[0] if name[:5].isdigit() else name
 
 
 def run_options(run_dir: Path) -> dict:
@@ -59,7 +65,12 @@ def best_fid(run_dir: Path) -> float | None:
     return best
 
 
-def runs_table(views: list[RunView]) -> list[list]:
+RUNS_HEADERS = ["Run", "Dataset", "Preset", "kimg done / length", "Best FID", "State"]
+
+
+def runs_table(views: list[RunView], kimg_of: dict | None = None) -> list[list]:
+    """One row a run. `kimg_of` {run name: kimg} gives the figure the status shows for the watched run, so the two
+    agree while status.json lags behind stats.jsonl (it is written after the tick's snapshot)."""
     rows = []
     for v in views:
         opts = run_options(v.run_dir) if v.run_dir else {}
@@ -67,7 +78,9 @@ def runs_table(views: list[RunView]) -> list[list]:
         dataset = Path(str(launch.get("data") or _opt(opts, "data", "path") or "")).name or "—"
         preset = launch.get("cfg") or _opt(opts, "cfg") or (v.name.split("-")[2] if v.name.count("-") >= 2 else "—")
         fid = best_fid(v.run_dir) if v.run_dir else None
-        rows.append([v.name, dataset, preset, f"{v.kimg:.2f} / {v.total_kimg:g}" if v.total_kimg else f"{v.kimg:.2f}",
+        kimg = float((kimg_of or {}).get(v.name, v.kimg))
+        total = v.total_kimg or float(_opt(opts, "total_kimg") or 0)
+        rows.append([v.name, dataset, preset, f"{kimg:.2f} / {total:g}" if total else f"{kimg:.2f}",
                      "—" if fid is None else f"{fid:.2f}", v.state])
     return rows
 
@@ -90,29 +103,51 @@ def _stat(rec: dict, key: str) -> float | None:
     return float(x) if isinstance(x, (int, float)) else None
 
 
-def current_speed(v: RunView, stats: list[dict]) -> tuple[float | None, float]:
-    """(sec/kimg, kimg) of the newest tick timed by the training process now behind the run.
-
-    status.json carries the figure only once the tick's snapshot (and any metrics, minutes with FID) is written;
-    stats.jsonl gets it at the end of the tick, so it is read as well. Ticks of an earlier process (before a
-    resume, perhaps on other hardware) do not count: until this process has timed one, the speed is unknown.
-    """
-    kimg = float(v.kimg)
+def _process_ticks(v: RunView, stats: list[dict]) -> list[dict]:
+    """The ticks timed by the training process now behind the run (all ticks for a run that no longer runs)."""
+    if not v.live or not v.started:
+        return stats
+    mine = []
     for rec in reversed(stats):
         ts = rec.get("timestamp")
-        if v.started and (not isinstance(ts, (int, float)) or ts < float(v.started)):
+        if not isinstance(ts, (int, float)) or ts < float(v.started):
             break
-        spk = _stat(rec, "Timing/sec_per_kimg")
-        if spk and spk > 0:
-            return spk, max(kimg, _stat(rec, "Progress/kimg") or 0.0)
-    return (float(v.sec_per_kimg) if v.sec_per_kimg else None), kimg
+        mine.append(rec)
+    return mine[::-1]
+
+
+def current_speed(v: RunView, stats: list[dict]) -> tuple[float | None, float]:
+    """(sec/kimg, kimg): the median of the newest ticks timed by the process now behind the run, and its kimg.
+
+    Start-up is left out: tick 0 of a run (one step, with the first-call costs) and the first tick of each
+    process (a resume warms up again) are not counted, so until a second tick is timed the speed is unknown.
+    Ticks of an earlier process (before a resume, perhaps on other hardware) do not count while one runs.
+    status.json carries the kimg only once the tick's snapshot is written; stats.jsonl gets it at the end of the
+    tick, so the larger of the two is the run's position.
+    """
+    kimg = float(v.kimg)
+    if stats:
+        kimg = max(kimg, _stat(stats[-1], "Progress/kimg") or 0.0)
+    ticks = _process_ticks(v, stats)
+    timed = [r for r in ticks[1:] if (_stat(r, "Progress/tick") or 0) > 0]
+    vals = [x for r in timed[-5:] if (x := _stat(r, "Timing/sec_per_kimg")) and x > 0]
+    return (statistics.median(vals) if vals else None), kimg
+
+
+def logged_tick(v: RunView, stats: list[dict]) -> int | None:
+    """The number of the newest tick line in log.txt (status.json holds the next tick's number)."""
+    if stats:
+        t = _stat(stats[-1], "Progress/tick")
+        if t is not None:
+            return int(t)
+    return v.tick - 1 if v.tick > 0 else None
 
 
 def status_html(v: RunView | None, stats: list[dict]) -> str:
     if v is None:
         return ("<div class='empty-state'><b>No runs yet.</b> Choose a dataset and the <i>tiny</i> preset on the "
-                "left and press <b>Start training</b>. This page then follows the run by itself: progress, curves, "
-                "the newest generated images and the log.</div>")
+                "left and press <b>Start a new run</b>. This page then follows the run by itself: progress, "
+                "curves, the newest generated images and the log.</div>")
     colour = STATE_COLOURS.get(v.state, "#57606a")
     spk, kimg = current_speed(v, stats)
     frac = min(1.0, kimg / v.total_kimg) if v.total_kimg else 0.0
@@ -120,22 +155,101 @@ def status_html(v: RunView | None, stats: list[dict]) -> str:
     if stats:
         g = stats[-1].get("Resources/peak_gpu_mem_gb")
         gpu = g.get("mean") if isinstance(g, dict) else g
-    parts = [f"<b>{kimg:.2f}</b> of {v.total_kimg:g} kimg" if v.total_kimg else f"<b>{kimg:.2f}</b> kimg",
-             f"tick {v.tick}"]
+    length_from = (v.launch or {}).get("length_from")
+    parts = [f"<b>{kimg:.2f}</b> of {v.total_kimg:g} kimg" if v.total_kimg else f"<b>{kimg:.2f}</b> kimg"]
+    if length_from and v.total_kimg:
+        parts.append(f"length {float(length_from):g} → {v.total_kimg:g} kimg")
+    tick = logged_tick(v, stats)
+    parts.append(f"tick {tick}" if tick is not None else "no tick yet")
     if spk:
         parts.append(f"{spk:.1f} s/kimg")
     if v.state in ("running", "starting") and v.total_kimg:
-        parts.append(f"ETA {fmt_duration(max(0.0, (v.total_kimg - kimg) * spk))}" if spk else "ETA measuring…")
+        parts.append(f"ETA {fmt_duration(max(0.0, (v.total_kimg - kimg) * spk))}" if spk
+                     else "ETA measuring… (start-up not counted)")
     if gpu:
         parts.append(f"GPU memory {float(gpu):.2f} GB")
     if v.snapshot:
-        parts.append(f"snapshot {html.escape(str(v.snapshot))}")
-    msg = (f"<div class='run-message run-message-{v.state}'>{html.escape(v.message)}</div>"
-           if v.message and v.message != v.state and v.message != "training" else "")
+        at = run_files.snapshot_kimg(v.snapshot)
+        parts.append(f"last snapshot {html.escape(str(v.snapshot))}" + (f" ({at:g} kimg)" if "_" in str(v.snapshot)
+                                                                        and at is not None else ""))
+    text = v.message if v.message and v.message not in (v.state, "training") else ""
+    if v.state in ("stopped", "failed") and not v.live and v.run_dir is not None:
+        snap = run_files.latest_snapshot(v.run_dir)
+        if snap is not None:
+            how = (f"Press “Resume run {run_short(v.name)}” to continue from {snap.name} to "
+                   f"{v.total_kimg:g} kimg (change Length first for another length), or Start a new run.")
+            text = f"{text}. {how}" if text else how
+    msg = f"<div class='run-message run-message-{v.state}'>{html.escape(text)}</div>" if text else ""
     return (f"<div class='run-status'><span class='run-state' data-state='{v.state}' style='background:{colour}'>"
             f"{v.state}</span> <b>{html.escape(v.name)}</b>"
             f"<div class='run-progress'><div style='width:{frac * 100:.1f}%'></div></div>"
             f"<div class='run-facts'>{' · '.join(parts)}</div>{msg}</div>")
+
+
+def form_values(v: RunView | None) -> dict | None:
+    """The settings run `v` was launched with, by form field (None when they are not known)."""
+    if v is None:
+        return None
+    rec = v.launch or {}
+    if rec.get("data") and rec.get("cfg"):
+        data, cfg, opts = rec["data"], rec["cfg"], dict(rec.get("options") or {})
+        total = float(v.total_kimg or rec.get("kimg") or 0)
+    elif v.run_dir is not None:
+        try:
+            data, cfg, opts, total = settings_from_run(v.run_dir)
+        except UserError:
+            return None
+        total = float(v.total_kimg or total)
+    else:
+        return None
+    aug = str(opts.get("aug") or "ada")
+    return {
+        "dataset": Path(str(data)).name, "preset": cfg, "kimg": total,
+        "batch": int(opts.get("batch") or 0), "gamma": float(opts.get("gamma") or 0),
+        "snap": int(opts.get("snap") or 0), "tick": float(opts.get("tick") or 0),
+        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or "bgc",
+        "p": float(opts["p"]) if opts.get("p") is not None else 0.2,
+        "target": float(opts.get("target") or 0), "mirror": bool(int(opts.get("mirror") or 0)),
+        "cond": bool(int(opts.get("cond") or 0)), "metrics": str(opts.get("metrics") or "none"),
+        "seed": int(opts.get("seed") or 0),
+    }
+
+
+def resume_length(v: RunView, kimg_v, filled: dict | None) -> float | None:
+    """The new length for resuming run `v`, or None to keep the one it was launched with.
+
+    `filled` ({"run", "kimg"}) is what the form was filled with from the watched run: only a length the user
+    typed over it counts. A form that shows another run's settings changes nothing; without a record of the
+    form (an API call) a length other than the run's is taken as meant.
+    """
+    length = float(kimg_v) if kimg_v else None
+    filled = filled or {}
+    if length is None:
+        return None
+    if filled.get("run") == v.name:
+        if abs(length - float(filled.get("kimg") or 0)) < 1e-9:
+            return None
+    elif filled:
+        return None
+    return None if abs(length - float(v.total_kimg or 0)) < 1e-9 else length
+
+
+FORM_KEYS = ["dataset", "preset", "kimg", "batch", "gamma", "snap", "tick", "aug", "augpipe", "p", "target", "mirror",
+             "cond", "metrics", "seed"]
+
+
+def button_updates(v: RunView | None) -> tuple:
+    """(start, stop, resume) buttons for the watched run: Stop while it trains, Resume for a stopped or failed run
+    with a snapshot, named for it."""
+    # A launch still without its run folder has nothing Stop could keep a snapshot of yet.
+    going = v is not None and v.live and v.state in ("running", "starting", "stopping") and v.run_dir is not None
+    can_resume = (v is not None and not v.live and v.state in ("stopped", "failed") and v.run_dir is not None
+                  and run_files.latest_snapshot(v.run_dir) is not None)
+    stop = gr.update(visible=going, interactive=going and v.state != "stopping",
+                     value="Stopping…" if going and v.state == "stopping" else f"Stop run {run_short(v.name)}"
+                     if going else "Stop")
+    resume = gr.update(visible=can_resume, value=f"Resume run {run_short(v.name)}" if can_resume else "Resume")
+    return gr.update(value=START_LABEL), stop, resume
 
 
 def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
@@ -181,9 +295,9 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                                     visible=False)
                 force = gr.Checkbox(value=False, label="Run alongside a training already on this GPU")
             with gr.Row():
-                start_btn = gr.Button("Start training", variant="primary", elem_id="train-start-btn")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop-btn")
-                resume_btn = gr.Button("Resume", elem_id="train-resume-btn")
+                start_btn = gr.Button(START_LABEL, variant="primary", elem_id="train-start-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop-btn", visible=False)
+                resume_btn = gr.Button("Resume", elem_id="train-resume-btn", visible=False)
             with gr.Group():
                 estimate_btn = gr.Button("Estimate time on this machine", size="sm", elem_id="train-estimate-btn")
                 estimate_md = gr.Markdown(elem_id="train-estimate")
@@ -203,10 +317,12 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                 with gr.Column(scale=2):
                     log_box = gr.Textbox(label="log.txt (last lines)", lines=14, max_lines=14, interactive=False,
                                          elem_id="train-log", autoscroll=True)
-            runs = gr.Dataframe(headers=["Run", "Dataset", "Preset", "kimg", "Best FID", "State"],
-                                interactive=False, label="Runs", elem_id="train-runs")
+            # Long run names wrap inside their column, so every column fits the page's width.
+            runs = gr.Dataframe(headers=RUNS_HEADERS, interactive=False, label="Runs", elem_id="train-runs",
+                                wrap=True, column_widths=["34%", "16%", "9%", "17%", "10%", "14%"])
     timer = gr.Timer(REFRESH_SEC)
     seen = gr.State({})
+    form_of = gr.State({})  # {"run": name, "kimg": length} the form was filled from: tells a changed length
 
     # ------------------------------------------------------------------ reading the run
     def chosen_view(name) -> RunView | None:
@@ -227,8 +343,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         for v in sup.runs():
             if v.run_dir is None:
                 continue
-            for s in sorted(v.run_dir.glob("network-snapshot-*.pt"), reverse=True):
-                out.append(f"{v.name}/{s.name}")
+            for _, snap in reversed(run_files.list_snapshots(v.run_dir)):
+                out.append(f"{v.name}/{snap.name}")
         return out
 
     def watch(name, slider_value, memo):
@@ -237,7 +353,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         memo = dict(memo or {})
         if v is None or v.run_dir is None:
             return (status_html(v, []), charts.empty_figure("the curves appear after the first tick"),
-                    None, gr.update(maximum=1, value=0), v.log_tail if v else "", runs_table(sup.runs()), memo)
+                    None, gr.update(maximum=1, value=0), v.log_tail if v else "", runs_table(sup.runs()), memo,
+                    *button_updates(v))
         stats = read_stats(v.run_dir)
         metrics = read_metrics(v.run_dir)
         grids = fakes_files(v.run_dir)
@@ -260,10 +377,39 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         else:
             img = gr.skip()
         memo["grids"], memo["run"] = n, v.name
-        slider = gr.update(maximum=max(1, n - 1), value=max(0, idx), label=_grid_label(grids, idx))
-        return status_html(v, stats), fig, img, slider, v.log_tail, runs_table(sup.runs()), memo
+        slider = gr.update(maximum=max(1, n - 1), value=max(0, idx), label=_grid_label(grids, idx, stats))
+        _, shown_kimg = current_speed(v, stats)
+        return (status_html(v, stats), fig, img, slider, v.log_tail, runs_table(sup.runs(), {v.name: shown_kimg}),
+                memo, *button_updates(v))
 
-    watch_outputs = [status, plot, fakes, fakes_slider, log_box, runs, seen]
+    watch_outputs = [status, plot, fakes, fakes_slider, log_box, runs, seen, start_btn, stop_btn, resume_btn]
+
+    form_fields = [dataset, preset, kimg, batch, gamma, snap, tick, aug, augpipe, p, target, mirror, cond, metrics,
+                   seed]
+
+    def fill_form(name):
+        """The form shows the watched run's settings, so Resume and a new Start begin from what it used."""
+        v = chosen_view(name)
+        vals = form_values(v)
+        if vals is None:
+            return (*[gr.skip() for _ in form_fields], {}, cached_estimate(None, None, None, None))
+        return (*[gr.update(value=vals[k]) for k in FORM_KEYS], {"run": v.name, "kimg": vals["kimg"]},
+                cached_estimate(vals["dataset"], vals["preset"], vals["kimg"], vals["batch"]))
+
+    def cached_estimate(ds, cfg, kimg_v, batch_v):
+        """The estimate from earlier runs or a saved warm-up, without training anything (shown on load)."""
+        if not ds or not cfg:
+            return gr.skip()
+        try:
+            data = studio.inside(studio.datasets_dir / Path(str(ds)).name, "dataset")
+            if not data.exists():
+                return gr.skip()
+            info = dataset_summary(data)
+            est = estimate.known(sup, int(info.get("resolution") or 32), int(info.get("count") or 0), cfg,
+                                 int(batch_v) if batch_v else None)
+        except (UserError, OSError, ValueError):
+            return gr.skip()
+        return estimate.describe(est, float(kimg_v or 0)) if est else gr.skip()
 
     @friendly
     def on_slider(name, value):
@@ -334,7 +480,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                 gr.Warning("the training is still starting; it appears below when it has made its run folder")
                 return gr.update(choices=run_choices(), value=NEWEST), memo
             raise UserError(f"the training stopped before it began: {why}")
-        gr.Info(f"Training started: {run_dir.name}")
+        gr.Info(f"Resumed run {run_dir.name}" if rec.get("resume") and Path(rec["resume"]).parent == run_dir
+                else f"Started a new run: {run_dir.name}")
         return gr.update(choices=run_choices(), value=run_dir.name), {}
 
     train_inputs = [dataset, preset, kimg, batch, gamma, snap, tick, aug, augpipe, p, target, mirror, cond, metrics,
@@ -365,15 +512,23 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
 
     @friendly
-    def do_resume(name, kimg_v, force_v, memo):
-        v = _target(name)
-        more = float(kimg_v) if kimg_v and float(kimg_v) > (v.total_kimg or 0) else None
-        rec = sup.resume(v.run_dir, kimg=more, force=bool(force_v))
-        return _after_launch(rec, memo)
+    def do_resume(name, kimg_v, force_v, memo, filled):
+        """Continue the run as launched; a length is changed only when the user changed the form's on purpose."""
+        v = _target(name)  # a run that is still exiting after its stop is waited for by sup.resume
+        length = resume_length(v, kimg_v, filled)
+        if v.state == "finished" and length is None:
+            raise UserError(f"run {v.name} finished its {v.total_kimg:g} kimg; set a larger length to train on, or "
+                            f"start a new run")
+        rec = sup.resume(v.run_dir, kimg=length, force=bool(force_v))
+        total = float(rec.get("kimg") or 0)
+        if rec.get("length_from"):
+            gr.Info(f"Resuming run {run_short(v.name)}: length {float(rec['length_from']):g} → {total:g} kimg")
+        pick, seen_v = _after_launch(rec, memo)
+        return pick, seen_v, {"run": v.name, "kimg": total}
 
-    resume_btn.click(do_resume, [run_pick, kimg, force, seen], [run_pick, seen], api_name="train_resume",
-                     concurrency_id="train").then(watch, [run_pick, fakes_slider, seen], watch_outputs,
-                                                  api_name=False)
+    resume_btn.click(do_resume, [run_pick, kimg, force, seen, form_of], [run_pick, seen, form_of],
+                     api_name="train_resume", concurrency_id="train").then(
+        watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
 
     @friendly
     def do_estimate(ds, cfg, kimg_v, batch_v, progress=gr.Progress()):
@@ -383,14 +538,17 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         info = dataset_summary(data)
         progress(0, desc="Timing a few training steps")
         est = estimate.estimate(sup, data, int(info.get("resolution") or 32), int(info.get("channels") or 3), cfg,
-                                int(batch_v) if batch_v else None)
+                                int(batch_v) if batch_v else None, size=int(info.get("count") or 0))
         return estimate.describe(est, float(kimg_v or 0))
 
     estimate_btn.click(do_estimate, [dataset, preset, kimg, batch], estimate_md, api_name="estimate",
                        concurrency_id="estimate", concurrency_limit=1)
 
+    fill_outputs = [*form_fields, form_of, estimate_md]
     run_pick.change(lambda: {}, None, seen, api_name=False).then(
-        watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
+        watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False).then(
+        fill_form, run_pick, fill_outputs, api_name=False)
+    log_box.change(None, None, None, js=SCROLL_LOG_JS, api_name=False)
     fakes_slider.release(on_slider, [run_pick, fakes_slider], fakes, api_name=False)
     start_from.change(on_start_from, start_from, [snapshot, upload, freezed], api_name=False)
     refresh_btn.click(lambda: gr.update(choices=run_choices()), None, run_pick, api_name=False).then(
@@ -398,19 +556,22 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     timer.tick(watch, [run_pick, fakes_slider, seen], watch_outputs, api_name="train_watch",
                show_progress="hidden", concurrency_limit=None)
 
-    def refresh_choices():
+    def refresh_choices(current):
+        # The chosen dataset stays (it may be the watched run's); only a missing one falls back to the first.
         names = dataset_choices(studio)
-        return (gr.update(choices=names, value=names[0] if names else None), gr.update(choices=run_choices()),
+        value = current if current in names else (names[0] if names else None)
+        return (gr.update(choices=names, value=value), gr.update(choices=run_choices()),
                 gr.update(visible=not names))
 
-    return {"refresh": refresh_choices, "outputs": [dataset, run_pick, empty_md], "watch": watch,
-            "watch_inputs": [run_pick, fakes_slider, seen], "watch_outputs": watch_outputs}
+    return {"refresh": refresh_choices, "refresh_inputs": [dataset], "outputs": [dataset, run_pick, empty_md],
+            "watch": watch, "watch_inputs": [run_pick, fakes_slider, seen], "watch_outputs": watch_outputs,
+            "fill": fill_form, "fill_inputs": [run_pick], "fill_outputs": fill_outputs}
 
 
-def _grid_label(grids: list[Path], idx: int) -> str:
+def _grid_label(grids: list[Path], idx: int, stats: list[dict] | None = None) -> str:
     if not grids:
         return "Grid (none yet)"
     name = grids[idx].name
-    m = FAKES_RE.match(name)
-    what = "before training" if name == "fakes_init.png" else f"at {int(m.group(1))} kimg" if m else name
+    kimg = run_files.fakes_kimg(grids[idx], stats)
+    what = "before training" if name == "fakes_init.png" else f"at {kimg:.3f} kimg" if kimg is not None else name
     return f"Grid {idx + 1} of {len(grids)}: {what}"

@@ -18,7 +18,6 @@ Records are dicts as in stats.jsonl: {'Progress/kimg': {'num', 'mean', 'std'}, .
 """
 
 import math
-import re
 import shutil
 import statistics
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from engine.train import runs
 
 KIMG = "Progress/kimg"
 AUGMENT = "Progress/augment"
@@ -35,7 +36,6 @@ LOSS_D = "Loss/D/loss"
 NAN_SKIPS = "Progress/nan_skips"  # training steps skipped in the tick for a NaN/Inf loss or gradient
 SEC_PER_TICK = "Timing/sec_per_tick"
 MAINTENANCE = "Timing/maintenance_sec"
-_SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)")  # kimg from a snapshot's file name
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,7 @@ def check_metric_spread(metrics, limits=None):
     best = max(ratio for _, _, ratio in points[:-1])
     if now >= lim.collapse_ratio or now >= 0.7 * best:
         return []
-    m = _SNAPSHOT_KIMG.search(snap)
-    kimg = float(m.group(1)) if m else None
+    kimg = runs.snapshot_kimg(snap)
     return [HealthWarning("collapse", (
         f"mode collapse: generated images are far less varied than the dataset at {_kimg_text(kimg)} (feature "
         f"spread {now:.0%} of the reals', down from {best:.0%}); resume from the snapshot before the drop, use "
@@ -240,7 +239,7 @@ def tick_seconds(records, window=10):
 
 def check_stalled(run_dir, records=None, status=None, now=None, limits=None):
     """A running process that has not ticked for several tick-times (status.json and stats.jsonl)."""
-    from engine.train import runs
+
 
     lim = limits or Limits()
     status = runs.read_status(run_dir) if status is None else status
@@ -266,7 +265,7 @@ def check_stalled(run_dir, records=None, status=None, now=None, limits=None):
 
 def check_disk(run_dir, snapshot_bytes=None, limits=None):
     """Too little free space on the run folder's disk for the next snapshot."""
-    from engine.train import runs
+
 
     lim = limits or Limits()
     try:
@@ -289,7 +288,7 @@ def check_disk(run_dir, snapshot_bytes=None, limits=None):
 
 def check_run(run_dir, now=None, limits=None):
     """Every warning that a run folder's files show (for the dashboard): statistics, stall and disk."""
-    from engine.train import runs
+
 
     records = runs.read_stats(run_dir)
     options = runs.read_options(run_dir) or {}
@@ -383,7 +382,7 @@ def best_snapshot(run_dir, metric=None, metrics=None):
     where label reads 'best: kimg 840, KID 0.021'. FID and KID are both lower-is-better.
     metrics: the run's metric records when already read ({name: records}, as runs.read_metrics returns).
     """
-    from engine.train import runs
+
 
     run_dir = Path(run_dir)
     points = {}
@@ -393,8 +392,7 @@ def best_snapshot(run_dir, metric=None, metrics=None):
             snap = r.get("snapshot_pkl")
             if not isinstance(value_, (int, float)) or not math.isfinite(value_) or not isinstance(snap, str):
                 continue
-            m = _SNAPSHOT_KIMG.search(snap)
-            kimg = int(m.group(1)) if m else None
+            kimg = runs.snapshot_kimg(snap)
             points.setdefault(name, {})[snap] = (float(value_), kimg)  # a re-measured snapshot: the latest value
     if not points:
         return None

@@ -238,8 +238,8 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             final = done or stopping
             if env.is_main and (final or progress.tick % cfg.image_snap == 0):
                 with fork_rng(device):
-                    grid.save_fakes(G_ema, Path(cfg.run_dir) / runs.fakes_name(progress.cur_nimg), device,
-                                    cfg.batch_gpu)
+                    grid.save_fakes(G_ema, Path(cfg.run_dir) / runs.fakes_name(progress.cur_nimg, cfg.run_dir),
+                                    device, cfg.batch_gpu)
             tick_number = progress.tick
             progress.tick += 1  # a snapshot records the tick that comes next
             if final or tick_number % cfg.snap == 0:
@@ -452,7 +452,7 @@ def write_snapshot(cfg, env, G, D, G_ema, phases, augment_pipe, ada, loss, batch
     per_rank = {"rng": capture_rng(env.device), "pl_mean": float(loss.pl_mean),
                 "ada_acc": ada.acc.detach().cpu().clone() if ada is not None else None}
     all_ranks = distributed.all_gather_object(to_cpu(per_rank), env)
-    name = runs.snapshot_name(progress.cur_nimg)
+    name = runs.snapshot_name(progress.cur_nimg, cfg.run_dir if env.is_main else None)
     if env.is_main:
         from engine.checkpoint import FORMAT, VERSION, save_snapshot
 
@@ -546,8 +546,8 @@ def truncate_history(run_dir, cur_nimg):
                         lambda r: float(r.get("Progress/kimg", {}).get("mean", 0)) <= kimg)
     for path in Path(run_dir).glob("metric-*.jsonl"):
         def keep(r):
-            m = runs.SNAPSHOT_RE.match(str(r.get("snapshot_pkl") or ""))
-            return m is None or int(m.group(1)) <= cur_nimg // 1000
+            named = runs.snapshot_kimg(r.get("snapshot_pkl") or "")
+            return named is None or named <= kimg
         runs.truncate_jsonl(path, keep)
 
 

@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
-SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6})\.pt$")
-FAKES_RE = re.compile(r"^fakes(\d{6})\.png$")
+# NVIDIA's names (KKKKKK = kimg, rounded down), or with _III (the images past that kimg, 000-999) for a second and
+# later file within one kimg. "_" sorts after ".", so a plain sort of the names is also the order of kimg.
+SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6})(?:_(\d{3}))?\.pt$")
+FAKES_RE = re.compile(r"^fakes(\d{6})(?:_(\d{3}))?\.png$")
+# Any snapshot name a record may carry: ours (.pt) or NVIDIA's (.pkl), as a file name or a path.
+ANY_SNAPSHOT_RE = re.compile(r"network-snapshot-(\d{6})(?:_(\d{3}))?\.(?:pt|pkl)$")
 
 STATES = ("running", "stopped", "finished", "failed")
 
@@ -76,12 +80,38 @@ def write_status(run_dir, state, *, kimg, total_kimg, tick, sec_per_kimg=None, s
         "snapshot": snapshot, "message": str(message), "updated": now, "started": started or now})
 
 
-def snapshot_name(cur_nimg):
-    return f"network-snapshot-{int(cur_nimg) // 1000:06d}.pt"
+def _true_name(prefix, suffix, cur_nimg, run_dir):
+    """NVIDIA's name for the kimg, unless run_dir already holds a file of that kimg written at another point:
+    then the finer name with the images past the whole kimg, so no file replaces another."""
+    whole, rest = divmod(int(cur_nimg), 1000)
+    plain = f"{prefix}{whole:06d}{suffix}"
+    if run_dir is None or not (Path(run_dir) / plain).exists():
+        return plain
+    return f"{prefix}{whole:06d}_{rest:03d}{suffix}"
 
 
-def fakes_name(cur_nimg):
-    return f"fakes{int(cur_nimg) // 1000:06d}.png"
+def snapshot_name(cur_nimg, run_dir=None):
+    """network-snapshot-KKKKKK.pt, or network-snapshot-KKKKKK_III.pt when run_dir has one of that kimg already."""
+    return _true_name("network-snapshot-", ".pt", cur_nimg, run_dir)
+
+
+def fakes_name(cur_nimg, run_dir=None):
+    """fakesKKKKKK.png, or fakesKKKKKK_III.png when run_dir has a grid of that kimg already."""
+    return _true_name("fakes", ".png", cur_nimg, run_dir)
+
+
+def _name_key(match):
+    """(kimg as named, images past it) of a SNAPSHOT_RE / FAKES_RE match: NVIDIA's name first within its kimg."""
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else -1
+
+
+def snapshot_kimg(name):
+    """The kimg a snapshot or grid name states (KKKKKK_III -> KKKKKK.III), or None for another name."""
+    base = Path(str(name)).name
+    m = ANY_SNAPSHOT_RE.fullmatch(base) or FAKES_RE.match(base)
+    if m is None:
+        return None
+    return int(m.group(1)) + (int(m.group(2)) / 1000 if m.group(2) else 0.0)
 
 
 def truncate_jsonl(path, keep):
@@ -168,12 +198,13 @@ def read_options(run_dir):
 
 
 def list_snapshots(run_dir):
-    """[(kimg, Path)] sorted by kimg."""
+    """[(kimg as named, Path)] sorted by kimg (NVIDIA's name before the finer ones of its kimg)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    snaps = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := SNAPSHOT_RE.match(p.name))]
-    return sorted(snaps, key=lambda t: (t[0], t[1].stat().st_mtime if t[1].exists() else 0))
+    snaps = [(_name_key(m), p) for p in run_dir.iterdir() if (m := SNAPSHOT_RE.match(p.name))]
+    snaps.sort(key=lambda t: (t[0], t[1].stat().st_mtime if t[1].exists() else 0))
+    return [(snapshot_kimg(p.name), p) for _, p in snaps]
 
 
 def latest_snapshot(run_dir):
@@ -182,16 +213,40 @@ def latest_snapshot(run_dir):
     return snaps[-1][1] if snaps else None
 
 
-def latest_fakes(run_dir):
-    """The newest fakesNNNNNN.png (or fakes_init.png), or None."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return None
-    grids = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
-    if grids:
-        return grids[-1][1]
+def list_fakes(run_dir):
+    """[(kimg as named, Path)]: fakes_init.png (None) first, then the grids in kimg order."""
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is None or not run_dir.is_dir():
+        return []
+    grids = sorted((_name_key(m), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
     init = run_dir / "fakes_init.png"
-    return init if init.exists() else None
+    return ([(None, init)] if init.is_file() else []) + [(snapshot_kimg(p.name), p) for _, p in grids]
+
+
+def fakes_kimg(path, stats=None):
+    """The kimg at which grid `path` was drawn: exact for a finer name; for NVIDIA's name (kimg rounded down) the
+    tick of stats.jsonl (a list of its records) written last before the grid, when one of that kimg is there."""
+    named = snapshot_kimg(path)
+    if named is None or "_" in Path(path).name:
+        return named
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        return named
+    best = None
+    for rec in stats or ():
+        kimg, ts = rec.get("Progress/kimg"), rec.get("timestamp")
+        kimg = kimg.get("mean") if isinstance(kimg, dict) else kimg
+        if isinstance(kimg, (int, float)) and isinstance(ts, (int, float)) and int(kimg + 1e-9) == int(named) \
+                and ts <= mtime + 1e-3:
+            best = float(kimg)
+    return named if best is None else best
+
+
+def latest_fakes(run_dir):
+    """The newest fakesKKKKKK[_III].png (or fakes_init.png), or None."""
+    grids = list_fakes(run_dir)
+    return grids[-1][1] if grids else None
 
 
 def list_runs(outdir):
