@@ -405,4 +405,4 @@ def best_snapshot(run_dir, metric=None, metrics=None):
     kind = "KID" if metric.startswith("kid") else "FID"
     shown = f"{best:.4f}" if kind == "KID" else f"{best:.2f}"
     return {"metric": metric, "value": best, "snapshot": snap, "path": path if path.is_file() else None,
-            "kimg": kimg, "label": f"best: kimg {kimg if kimg is not None else '?'}, {kind} {shown}"}
+            "kimg": kimg, "label": f"best: kimg {f'{kimg:g}' if kimg is not None else '?'}, {kind} {shown}"}
