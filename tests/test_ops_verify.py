@@ -40,18 +40,24 @@ def built():
     return folders
 
 
-@pytest.fixture
-def cache(built, tmp_path, monkeypatch):
-    """A private STUDIO_CACHE with copies of the builds (no verdicts), and a dispatch that knows nothing yet."""
-    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path / "cache"))
+def use_private_cache(monkeypatch, root, device, folders):
+    """STUDIO_CACHE=root with copies of the finished builds `folders` ({op: build folder}) but none of their
+    verdicts, STUDIO_OPS=compiled, no test fault, and a dispatch that knows nothing yet. Also used by
+    tests/test_extensions_cuda.py."""
+    monkeypatch.setenv("STUDIO_CACHE", str(root))
     monkeypatch.delenv("STUDIO_OPS_FAULT", raising=False)
     monkeypatch.delenv("STUDIO_OPS_CHECK_SUBPROCESS", raising=False)
     monkeypatch.setenv("STUDIO_OPS", "compiled")
-    for name, src in built.items():
-        shutil.copytree(src, build.build_dir(name, "cpu"), ignore=shutil.ignore_patterns("check-*", "*.lock"))
+    for name, src in folders.items():
+        shutil.copytree(src, build.build_dir(name, device), ignore=shutil.ignore_patterns("check-*", "*.lock"))
     for attr in ("_kernels", "_failures", "_verdicts"):
         monkeypatch.setattr(dispatch, attr, {})
-    return tmp_path / "cache"
+    return root
+
+
+@pytest.fixture
+def cache(built, tmp_path, monkeypatch):
+    return use_private_cache(monkeypatch, tmp_path / "cache", "cpu", built)
 
 
 def stderr_lines(capsys):

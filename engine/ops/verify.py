@@ -21,8 +21,8 @@ bug that would crash the process would crash the same process on its first real 
 STUDIO_OPS_CHECK_SUBPROCESS=1 runs the CPU check in a child too (the tests use it to cover that path).
 
 STUDIO_OPS_FAULT is a test hook: "bias_act=perturb,upfirdn2d=nan" makes the named compiled ops return a wrong
-element (perturb), NaN (nan), raise (raise), or kill the process (abort), so the tests can show that a wrong
-kernel is caught. The hook is part of the verdict's key, so a faulty run never leaves a verdict for a sound one.
+element (perturb), NaN (nan), raise (raise), kill the process (abort), or read out of bounds (device_assert: on
+CUDA a device-side assert, which leaves the sticky error), so the tests can show that a wrong kernel is caught. The hook is part of the verdict's key, so a faulty run never leaves a verdict for a sound one.
 """
 
 import contextlib
@@ -64,6 +64,8 @@ class _FaultyExt:
         self._ext, self._kind = ext, kind
 
     def __getattr__(self, attr):
+        import torch
+
         fn = getattr(self._ext, attr)
         kind = self._kind
 
@@ -73,6 +75,10 @@ class _FaultyExt:
             if kind == "abort":
                 os.abort()
             y = fn(*args)
+            if kind == "device_assert":  # an out-of-bounds read: on CUDA a device-side assert, a sticky error
+                y = y + y.reshape(-1)[torch.full([1], y.numel() + 7, device=y.device)].sum()
+                if y.is_cuda:
+                    torch.cuda.synchronize()
             if y.numel():
                 y = y.clone()
                 if kind == "nan":
@@ -241,6 +247,11 @@ def run_check(name, device, dtype, kernel):
     tol = TOLERANCE[dtype]
     worst, where, error, label = 0.0, "", None, ""
     t0 = time.perf_counter()
+    # The inputs are tiny: on the CPU more threads only add wake-ups, which on a busy machine cost seconds
+    # (measured: 1.3 s on one thread against 3-23 s on two, with other jobs running).
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
     # The check must not depend on, or change, the caller's autograd and autocast state.
     with torch.inference_mode(False), torch.enable_grad(), \
             torch.autocast(device_type=device, enabled=False):
@@ -260,6 +271,8 @@ def run_check(name, device, dtype, kernel):
         except Exception as e:  # any failure of the kernel is a failed check, never a crash of the caller
             error = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
             where = label
+        finally:
+            torch.set_num_threads(threads)
     ok = error is None and worst <= tol
     return {"op": name, "device": device, "dtype": dtype, "ok": ok, "worst": worst if math.isfinite(worst) else None,
             "tolerance": tol, "where": where, "error": error, "seconds": round(time.perf_counter() - t0, 3),
