@@ -3,6 +3,8 @@
 Contract used by the op modules (bias_act.py, upfirdn2d.py):
     kernel = compiled("bias_act", x)   # an object with the op's method (fused.py), or None -> use the reference
     op_paths()                         # {"bias_act": "compiled C++ kernel", ...} for `info` and the dashboard
+    op_status()                        # per op and dtype: verified / failed (why) / unchecked / reference
+    training_lines(device, precision)  # the same for a training log, checked now
 
 CUDA tensors use the CUDA kernel. CPU tensors use the C++ kernel only for the ops in CPU_KERNEL (where
 bench/ops.py measured it faster than the reference). STUDIO_OPS=ref forces the reference everywhere;
@@ -255,7 +257,16 @@ def op_status(device=None):
                            detail=f"reference (compiled {kind} kernel unavailable: {_failures[(name, device)]})")
             else:
                 v = _verdicts.get((name, device, dtype)) or verify.read_verdict(name, device, dtype)
-                if v is None:
+                failed_build = None
+                if v is None and (name, device) not in _kernels:
+                    try:
+                        failed_build = (builder.build_dir(name, device) / "failed.txt").read_text().strip()
+                    except Exception:
+                        failed_build = None
+                if failed_build:
+                    row.update(state="reference", detail=f"reference (compiled {kind} kernel unavailable: "
+                               f"{failed_build}; STUDIO_OPS_REBUILD=1 retries)")
+                elif v is None:
                     built = (name, device) in _kernels or builder.is_built(name, device)
                     row.update(state="unchecked", detail=f"compiled {kind} kernel, "
                                + ("checked against the reference on first use" if built

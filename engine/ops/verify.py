@@ -334,7 +334,7 @@ def _check_in_child(name, device, dtype):
     """Run the check in a child process; a child that dies or hangs is a failed check."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         p = subprocess.run([sys.executable, "-m", "engine.ops.verify", name, device, dtype], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
@@ -344,8 +344,8 @@ def _check_in_child(name, device, dtype):
     except OSError as e:
         rc, text = "error", str(e)
     v = read_verdict(name, device, dtype)
-    if rc == 0 and v is not None:
-        return v
+    if v is not None and v.get("checked", 0) >= started:
+        return v  # the child finished its check (even if the process then died on the way out)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else "no output"
     how = f"exit code {rc}" if isinstance(rc, int) else rc
