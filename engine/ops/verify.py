@@ -13,7 +13,7 @@ carries a hash of this check and of the reference code, so changing those checks
 mismatch, an exception, a non-finite value) sends that op, device and dtype to the reference for good, with one
 line on stderr naming the op, device, dtype and the worst error.
 
-On CUDA the check runs in a child process (`python -m engine.ops.verify OP cuda DTYPE...`): a kernel that makes
+On CUDA the check runs in a child process (`python -m engine.ops.verify OP cuda DTYPE`): a kernel that makes
 an illegal memory access leaves a sticky CUDA error that would poison every later CUDA call of the process
 that made it, so the training process must not be the one that runs an untried kernel. A child that dies is
 a failed check like any other. On the CPU the check runs in-process; an exception is caught and a C++ kernel
@@ -21,8 +21,10 @@ bug that would crash the process would crash the same process on its first real 
 STUDIO_OPS_CHECK_SUBPROCESS=1 runs the CPU check in a child too (the tests use it to cover that path).
 
 STUDIO_OPS_FAULT is a test hook: "bias_act=perturb,upfirdn2d=nan" makes the named compiled ops return a wrong
-element (perturb), NaN (nan), raise (raise), kill the process (abort), or read out of bounds (device_assert: on
-CUDA a device-side assert, which leaves the sticky error), so the tests can show that a wrong kernel is caught. The hook is part of the verdict's key, so a faulty run never leaves a verdict for a sound one.
+element (perturb, also any other word), NaN (nan), raise (raise), kill the process (abort), or read out of
+bounds (device_assert: on CUDA a device-side assert, which leaves the sticky error), so the tests can show that a
+wrong kernel is caught. The hook is part of the verdict's key, so a faulty run never leaves a verdict for a sound
+one.
 """
 
 import contextlib
@@ -125,11 +127,10 @@ UPFIRDN2D_CASES = [
 
 def _filters(torch):
     from engine.ops.upfirdn2d import setup_filter
+    from engine.train.augment import symlet_lowpass
 
-    sym = [0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
-           0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
-           -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148]
-    return {"4tap": setup_filter([1, 3, 3, 1]), "12tap": setup_filter(sym, separable=True), None: None}
+    sym6 = torch.as_tensor(symlet_lowpass(6), dtype=torch.float32)  # the augmentation's 12-tap filter, 1-D
+    return {"4tap": setup_filter([1, 3, 3, 1]), "12tap": sym6 / sym6.sum(), None: None}
 
 
 def _randn(torch, shape, gen, device, dtype, channels_last=False):
