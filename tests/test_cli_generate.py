@@ -172,11 +172,16 @@ def test_info():
     assert torch.__version__ in r.stdout
     for op in ("bias_act", "upfirdn2d", "conv2d_resample"):
         assert op in r.stdout
+    assert "bias_act   cpu   float32   reference (STUDIO_OPS=ref)" in r.stdout
     r = run_cli("info", "--json")
     info = json.loads(r.stdout)
     assert info["torch"] == torch.__version__
     assert info["devices"][0]["name"] == "cpu"
     assert set(info["ops"]) >= {"bias_act", "upfirdn2d", "conv2d_resample"}
+    # Per op, device and dtype: here every one is on the reference (STUDIO_OPS=ref), and says so.
+    checks = {(r["op"], r["device"], r["dtype"]): r for r in info["op_checks"]}
+    assert set(checks) == {(op, "cpu", dt) for op in ("bias_act", "upfirdn2d") for dt in ("float32", "float64")}
+    assert all(r["state"] == "reference" and "STUDIO_OPS=ref" in r["detail"] for r in checks.values())
 
 
 def test_bad_inputs_are_one_line_errors(nets, tmp_path, capsys):

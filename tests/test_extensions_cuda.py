@@ -1,4 +1,7 @@
-"""Compiled CUDA ops (extensions/*.cu) against the reference: built, checked forward / backward / double backward.
+"""Compiled CUDA ops (extensions/*.cu) against the reference: built, checked forward / backward / double backward,
+and the dispatch's own check (engine/ops/verify.py) in its CUDA form: a child process per op and dtype, which
+passes sound kernels in every dtype and catches wrong ones, a device-side assert included, without touching the
+CUDA context of the process that asked.
 
 Skipped where there is no CUDA device. The first run builds the CUDA kernels (nvcc) into the machine cache.
 """
@@ -8,11 +11,13 @@ import math
 import pytest
 import torch
 
-from engine.ops import dispatch
+from engine.ops import build, dispatch, verify
 from engine.ops.bias_act import _bias_act_ref, activation_funcs
-from engine.ops.upfirdn2d import _upfirdn2d_ref, setup_filter
+from engine.ops.upfirdn2d import _upfirdn2d_ref, setup_filter, upfirdn2d
+from engine.ops.bias_act import bias_act
 
 import test_extensions as cpu_tests  # shared helpers (inputs, reference comparisons)
+import test_ops_verify
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
@@ -146,3 +151,48 @@ def test_cuda_dispatch_and_r1(monkeypatch, ka, ku):
     got = cpu_tests.r1_step(x, b, w, f)
     for u, v in zip(got, want):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------- the dispatch's check on CUDA
+
+@pytest.fixture
+def cuda_cache(ka, ku, tmp_path, monkeypatch):
+    folders = {name: build.build_dir(name, DEV) for name in dispatch.KERNEL_OPS}
+    return test_ops_verify.use_private_cache(monkeypatch, tmp_path / "cache", DEV, folders)
+
+
+def test_cuda_kernels_pass_their_check_in_every_dtype(cuda_cache):
+    for name in dispatch.KERNEL_OPS:
+        k = dispatch._kernel(name, DEV)
+        for dtype in ("float16", "bfloat16", "float32", "float64"):
+            before = verify.checks_run
+            v, fresh = verify.ensure(name, DEV, dtype, k)
+            assert fresh and verify.checks_run == before  # checked in a child process, not here
+            assert v["ok"], f"{name} {dtype}: {verify.describe(v)}"
+            print(f"{name} cuda {dtype}: {verify.describe(v)}, {v['seconds']:.2f} s in the child")
+            assert verify.ensure(name, DEV, dtype, k) == (v, False)  # stored beside the build
+
+
+def test_cuda_wrong_kernels_are_caught_and_the_context_survives(cuda_cache, monkeypatch, capsys):
+    monkeypatch.setenv("STUDIO_OPS_FAULT", "bias_act=device_assert,upfirdn2d=perturb")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 16, 8, 8, generator=gen).to(DEV, memory_format=torch.channels_last)
+    b = torch.randn(16, generator=gen).to(DEV)
+    f = setup_filter([1, 3, 3, 1], device=DEV)
+    capsys.readouterr()
+    for dt in (torch.float16, torch.float32):
+        y = bias_act(x.to(dt), b.to(dt), act="lrelu", clamp=256.0)
+        u = upfirdn2d(x.to(dt), f, up=2, padding=[2, 1, 2, 1], gain=4)
+        assert torch.equal(y, _bias_act_ref(x.to(dt), b.to(dt), 1, activation_funcs["lrelu"], 0.2, math.sqrt(2),
+                                            256.0))
+        assert torch.equal(u, _upfirdn2d_ref(x.to(dt), f, 2, 2, 1, 1, 2, 1, 2, 1, False, 4))
+    torch.cuda.synchronize()  # the device-side assert happened in the child: this process's context is clean
+    assert float(torch.ones(3, device=DEV).sum()) == 3.0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 4, lines  # one per op and dtype
+    for op in ("bias_act", "upfirdn2d"):
+        for dt in ("float16", "float32"):
+            assert any(ln.startswith(f"studio: compiled {op} (CUDA) failed its check on cuda {dt}: ") for ln in lines)
+    states = {(r["op"], r["dtype"]): r["state"] for r in dispatch.op_status(DEV)}
+    assert states[("bias_act", "float16")] == states[("upfirdn2d", "float32")] == "failed"
+    assert states[("bias_act", "bfloat16")] == "unchecked"

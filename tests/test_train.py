@@ -67,6 +67,10 @@ def test_tiny_run_end_to_end(data, tmp_path):
         assert im.size[0] <= 1024 and im.size[0] % 16 == 0 and im.size[0] >= 64
     log = (run / "log.txt").read_text()
     assert "tick 0" in log and "finished" in log
+    # Before the first step the log says what each op runs on, for the dtype the run uses (float32 on the CPU).
+    ops = [ln for ln in log.splitlines() if ln.startswith("ops: ")]
+    assert [ln.split(":")[1].strip() for ln in ops] == ["bias_act cpu float32", "upfirdn2d cpu float32"], ops
+    assert log.index("ops: ") < log.index("tick 0")
     assert load_network(run / "network-snapshot-000000.pt")["progress"]["cur_nimg"] == 4
     net = load_network(run / "network-snapshot-000000_012.pt")
     assert net["G_ema"].img_resolution == 16 and net["D"] is not None

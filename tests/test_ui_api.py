@@ -240,6 +240,7 @@ def test_system(served):
     text = predict(client, "/system")
     assert f"torch {torch.__version__}" in text
     assert "bias_act" in text and "upfirdn2d" in text
+    assert "Compiled kernels, per device and dtype" in text and "`upfirdn2d` cpu float32: " in text
     assert str(studio.workdir) in text and "free of" in text
 
 

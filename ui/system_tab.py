@@ -46,6 +46,12 @@ def system_markdown(studio: Studio, sup: Supervisor) -> str:
 
         for op, path in op_paths().items():
             lines.append(f"- `{op}`: {path}")
+        from engine.ops.dispatch import op_status
+
+        lines.append("\n### Compiled kernels, per device and dtype")
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for row in (r for dev in devices for r in op_status(dev)):
+            lines.append(f"- `{row['op']}` {row['device']} {row['dtype']}: {row['detail']}")
     except Exception as e:  # the page still shows everything else
         lines.append(f"- could not ask the ops: {type(e).__name__}: {e}")
     lines.append("\n### Studio folder")

@@ -3,10 +3,14 @@
 
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--check", action="store_true",
+                        help="build the compiled ops and check them against the reference now (once per machine)")
 
 
-def collect():
-    """{'python', 'torch', 'numpy', 'cuda', 'threads', 'devices': [...], 'ops': {op: path}}."""
+def collect(check=False):
+    """{'python', 'torch', 'numpy', 'cuda', 'threads', 'devices': [...], 'ops': {op: path},
+    'op_checks': [{'op', 'device', 'dtype', 'state', 'detail'}, ...]} (state: verified | failed | unchecked |
+    reference). check=True builds and checks the kernels first instead of reporting what earlier runs found."""
     import platform
 
     import numpy
@@ -22,6 +26,10 @@ def collect():
             devices.append({"name": f"cuda:{i}", "description": props.name,
                             "memory_gb": round(props.total_memory / 2 ** 30, 1),
                             "capability": f"{props.major}.{props.minor}"})
+    op_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if check:
+        for dev in op_devices:
+            dispatch.verify_now(dev)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -31,13 +39,14 @@ def collect():
         "threads": torch.get_num_threads(),
         "devices": devices,
         "ops": dict(dispatch.op_paths()),
+        "op_checks": [row for dev in op_devices for row in dispatch.op_status(dev)],
     }
 
 
 def run(args):
     import json
 
-    info = collect()
+    info = collect(check=getattr(args, "check", False))
     if args.json:
         print(json.dumps(info))
         return 0
@@ -52,4 +61,7 @@ def run(args):
     print("ops")
     for name, path in info["ops"].items():
         print(f"  {name:<16} {path}")
+    print("compiled kernels, per device and dtype (checked against the reference on first use)")
+    for r in info["op_checks"]:
+        print(f"  {r['op']:<10} {r['device']:<5} {r['dtype']:<9} {r['detail']}")
     return 0

@@ -3,11 +3,18 @@
 Contract used by the op modules (bias_act.py, upfirdn2d.py):
     kernel = compiled("bias_act", x)   # an object with the op's method (fused.py), or None -> use the reference
     op_paths()                         # {"bias_act": "compiled C++ kernel", ...} for `info` and the dashboard
+    op_status()                        # per op and dtype: verified / failed (why) / unchecked / reference
+    training_lines(device, precision)  # the same for a training log, checked now
 
 CUDA tensors use the CUDA kernel. CPU tensors use the C++ kernel only for the ops in CPU_KERNEL (where
 bench/ops.py measured it faster than the reference). STUDIO_OPS=ref forces the reference everywhere;
 STUDIO_OPS=compiled uses every compiled kernel there is, on the CPU too. A kernel that cannot be built costs one
 line on stderr per process (which op, why, that the reference is used) and the run goes on.
+
+A kernel that builds is not trusted yet: the first time it would run on a device and dtype, verify.py checks it
+against the reference (forward, first and second derivatives). A failed check sends that op, device and dtype to
+the reference for good (until the sources or the machine change), with one line on stderr; STUDIO_OPS=compiled
+does not override it. op_status() says, per op, device and dtype, which of these happened.
 """
 
 import os
@@ -40,9 +47,10 @@ CPU_LINEAR_REF = True
 
 _DTYPES = {"cpu": ("float32", "float64"), "cuda": ("float16", "bfloat16", "float32", "float64")}
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _kernels = {}    # (op, device) -> kernel object
 _failures = {}   # (op, device) -> one-line reason
+_verdicts = {}   # (op, device, dtype) -> the check's verdict (verify.py); ok=False means the reference for good
 
 
 def mode():
@@ -88,9 +96,47 @@ def _kernel(name, device):
             print(f"studio: compiled {name} ({kind}) unavailable: {e}; using the reference implementation",
                   file=sys.stderr, flush=True)
             return None
+        from engine.ops import verify
+
         cls = fused.BiasActKernel if name == "bias_act" else fused.Upfirdn2dKernel
-        k = _kernels[key] = cls(ext, device)
+        k = _kernels[key] = cls(verify.with_fault(name, ext), device)
         return k
+
+
+def _verified(name, device, dtype, k):
+    """True when the kernel passed its check for this dtype; checks it (once per machine) when not known yet."""
+    key = (name, device, dtype)
+    v = _verdicts.get(key)
+    if v is not None:
+        return v["ok"]
+    with _lock:
+        if key in _verdicts:
+            return _verdicts[key]["ok"]
+        from engine.ops import verify
+
+        v, fresh = verify.ensure(name, device, dtype, k)
+        _verdicts[key] = v
+        if not v["ok"]:
+            kind = "CUDA" if device == "cuda" else "C++"
+            earlier = "" if fresh else " [earlier check; it is redone when the sources or the machine change]"
+            print(f"studio: compiled {name} ({kind}) failed its check on {device} {dtype}: {verify.describe(v)}"
+                  f"{earlier}; using the reference implementation", file=sys.stderr, flush=True)
+        return v["ok"]
+
+
+def verify_now(device=None, dtypes=None):
+    """Build and check every kernel op the dispatch would use on `device` for `dtypes` (default: all of the
+    device's kernel dtypes) now, instead of on first use."""
+    device = device or _default_device()
+    for name in KERNEL_OPS:
+        if not _wanted(name, device):
+            continue
+        k = _kernel(name, device)
+        if k is None:
+            continue
+        for dtype in dtypes or _DTYPES[device]:
+            if dtype in _DTYPES[device]:
+                _verified(name, device, dtype, k)
 
 
 def _channels_last(x):
@@ -121,7 +167,10 @@ def compiled(name, x=None, resample=True, linear=False):
                 return None
     if _tracing():
         return None
-    return _kernel(name, device)
+    k = _kernel(name, device)
+    if k is None or x is None:
+        return k
+    return k if _verified(name, device, str(x.dtype).replace("torch.", ""), k) else None
 
 
 def _default_device():
@@ -167,7 +216,9 @@ def op_paths(device=None, build=False):
             if build:
                 _kernel(name, device)
             if key in _kernels:
-                paths[name] = f"compiled {kind} kernel" + _cpu_exceptions(name, device)
+                failed = [dt for (op, dev, dt), v in _verdicts.items() if op == name and dev == device and not v["ok"]]
+                paths[name] = f"compiled {kind} kernel" + _cpu_exceptions(name, device) + \
+                    (f" ({', '.join(failed)}: failed its check, reference)" if failed else "")
             elif key in _failures:
                 paths[name] = f"reference (compiled {kind} kernel unavailable: {_failures[key]})"
             elif builder.is_built(name, device):
@@ -177,3 +228,71 @@ def op_paths(device=None, build=False):
     paths["conv2d_resample"] = "reference (torch convolution + upfirdn2d)"
     paths["grid_sample"] = "reference (plain torch, differentiable twice)"
     return paths
+
+
+def op_status(device=None):
+    """Per op and dtype on `device` (default: CUDA if present, else the CPU): a list of
+    {"op", "device", "dtype", "state", "detail"}, state one of "verified" (compiled and checked against the
+    reference), "failed" (failed its check: the reference runs; detail has the error), "unchecked" (compiled,
+    checked on first use), "reference" (the kernel is not used: STUDIO_OPS=ref, the CPU policy or a failed build).
+
+    Reads the verdicts this process holds, else the ones stored beside the build; runs no check and no compiler
+    build.
+    """
+    from engine.ops import build as builder
+    from engine.ops import verify
+
+    device = device or _default_device()
+    kind = "CUDA" if device == "cuda" else "C++"
+    rows = []
+    for name in KERNEL_OPS:
+        for dtype in _DTYPES[device]:
+            row = {"op": name, "device": device, "dtype": dtype}
+            if mode() == "ref":
+                row.update(state="reference", detail="reference (STUDIO_OPS=ref)")
+            elif not _wanted(name, device):
+                row.update(state="reference", detail=f"reference (faster than the {kind} kernel on this CPU)")
+            elif (name, device) in _failures:
+                row.update(state="reference",
+                           detail=f"reference (compiled {kind} kernel unavailable: {_failures[(name, device)]})")
+            else:
+                v = _verdicts.get((name, device, dtype)) or verify.read_verdict(name, device, dtype)
+                failed_build = None
+                if v is None and (name, device) not in _kernels:
+                    try:
+                        failed_build = (builder.build_dir(name, device) / "failed.txt").read_text().strip()
+                    except Exception:
+                        failed_build = None
+                if failed_build:
+                    row.update(state="reference", detail=f"reference (compiled {kind} kernel unavailable: "
+                               f"{failed_build}; STUDIO_OPS_REBUILD=1 retries)")
+                elif v is None:
+                    built = (name, device) in _kernels or builder.is_built(name, device)
+                    row.update(state="unchecked", detail=f"compiled {kind} kernel, "
+                               + ("checked against the reference on first use" if built
+                                  else "built and checked against the reference on first use"))
+                elif v["ok"]:
+                    row.update(state="verified", detail=f"compiled {kind} kernel, verified against the reference "
+                               f"(worst error {v['worst']:.1e}, tolerance {v['tolerance']:.0e})")
+                else:
+                    row.update(state="failed", detail=f"reference: the compiled {kind} kernel failed its check: "
+                               f"{verify.describe(v)}")
+            rows.append(row)
+    return rows
+
+
+def op_status_lines(device=None):
+    """op_status() as text lines: "bias_act cpu float32: compiled C++ kernel, verified ..."."""
+    return [f"{r['op']} {r['device']} {r['dtype']}: {r['detail']}" for r in op_status(device)]
+
+
+def training_lines(device, precision="fp32"):
+    """The first lines of a training log about the compiled ops: the kernels the run will use (float32, and
+    float16 / bfloat16 for --precision fp16 / bf16) are checked now, and each op/dtype says what it runs on."""
+    device = getattr(device, "type", device)
+    if device not in _DTYPES:
+        return [f"ops: reference on {device}"]
+    dtypes = ["float32"] + {"fp16": ["float16"], "bf16": ["bfloat16"]}.get(precision, [])
+    verify_now(device, dtypes)
+    return [f"ops: {r['op']} {r['device']} {r['dtype']}: {r['detail']}" for r in op_status(device)
+            if r["dtype"] in dtypes]

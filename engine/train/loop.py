@@ -25,6 +25,7 @@ import psutil
 import torch
 
 from engine.errors import UserError
+from engine.ops import dispatch
 from engine.timefmt import format_time
 from engine.train import distributed, health, runs, tensorboard
 from engine.train.augment import AdaController, make_pipe
@@ -128,6 +129,9 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
                 with fork_rng(device):
                     grid.save_reals(Path(cfg.run_dir) / "reals.png")
                     grid.save_fakes(G_ema, Path(cfg.run_dir) / "fakes_init.png", device, cfg.batch_gpu)
+        if env.is_main:  # which kernel each op runs on, checked against the reference before the first step
+            for line in dispatch.training_lines(device, cfg.precision):
+                log.line(line)
         status.update("running", progress, message="training")
 
         # Warnings with what to do (log.txt) and TensorBoard events beside stats.jsonl: rank 0 only.
