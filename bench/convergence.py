@@ -288,6 +288,39 @@ def plot(records, path, title=""):
     os.replace(tmp, path)
 
 
+def export_curves(records, path, label, resolution):
+    """Merge the seed-mean curve of every setting that is a preset as it is (no changed flags) into `path`, the
+    file engine/train/expected.py reads; a curve of the same preset and resolution is replaced."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {"curves": []}
+    for setting, points in group_points(records).items():
+        first = next(iter(points.values()))[0]
+        if first["flags"]:
+            continue
+        res = int(first.get("resolution") or resolution)
+        seeds = sorted({r["seed"] for rs in points.values() for r in rs})
+        rows = []
+        for idx in sorted(points):
+            rs = points[idx]
+            kid_m, kid_sd = _mean_std([r["kid"] for r in rs])
+            fid_m, _ = _mean_std([r["fid"] for r in rs])
+            cpu_m, _ = _mean_std([r["cpu_s"] for r in rs])
+            kimg_m, _ = _mean_std([r["kimg"] for r in rs])
+            rows.append({"kimg": round(kimg_m, 3), "kid": round(kid_m, 4), "kid_sd": round(kid_sd, 4),
+                         "fid": round(fid_m, 1), "cpu_min": None if cpu_m is None else round(cpu_m / 60, 2),
+                         "seeds": len(rs)})
+        entry = {"preset": first["cfg"], "resolution": res, "dataset": label or first["data_name"],
+                 "metric": "KID", "num_gen": first["num_gen"], "num_real": first["num_real"], "seeds": len(seeds),
+                 "detector": first["detector"], "machine": first["machine"], "date": first["date"],
+                 "source": "bench/convergence.py, docs/BENCHMARKS.md", "points": rows}
+        data["curves"] = [c for c in data.get("curves", [])
+                          if not (c.get("preset") == entry["preset"] and c.get("resolution") == res)] + [entry]
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def redraw(out):
     records = read_jsonl(out / CURVE)
     if not records:
@@ -320,6 +353,10 @@ def main():
     ap.add_argument("--budget-wall-min", type=float, help="stop a seed's training after this many wall minutes")
     ap.add_argument("--keep-runs", action="store_true", help="keep the run folders (default: only the last snapshot)")
     ap.add_argument("--plot-only", action="store_true", help="redraw curves.png and summary.md from curve.jsonl")
+    ap.add_argument("--export", metavar="JSON",
+                    help="also merge the curves of unchanged presets into this file (the Train tab's "
+                         "engine/train/measured_curves.json)")
+    ap.add_argument("--export-label", default="", help="dataset description for --export, e.g. 'emoji (4,009 images)'")
     g = ap.add_argument_group("setting (trainer flags; unset = the preset's value)")
     g.add_argument("--batch", type=int)
     g.add_argument("--gamma", type=float, help="R1 weight")
@@ -341,7 +378,11 @@ def main():
     args.extra = [a for a in args.extra if a != "--"]
     out = Path(args.out)
     if args.plot_only:
-        redraw(out)
+        records = redraw(out)
+        if args.export:
+            res = _resolution(args.ref or args.data) if (args.ref or args.data) else 0
+            export_curves(records, args.export, args.export_label, res)
+            print(f"merged into {args.export}")
         print(f"wrote {out / 'curves.png'} and {out / 'summary.md'}")
         return
     if not args.data:
@@ -351,7 +392,7 @@ def main():
     if args.kimg / args.points < 1:
         # Snapshots are named by whole kimg: points closer than 1 kimg would overwrite each other.
         ap.error(f"--kimg / --points must be at least 1 kimg (got {args.kimg / args.points:g}): fewer points")
-    seeds = ([int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds))))
+    seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else list(range(int(args.seeds))))
     args.data = Path(args.data).resolve()
     ref = Path(args.ref).resolve() if args.ref else args.data
     for p in (args.data, ref):
@@ -386,7 +427,8 @@ def main():
                    "cpu_s": None if cpu_s is None else round(cpu_s, 2), "kid": kid, "fid": fid,
                    "grid": str(grid.relative_to(out)), "snapshot": snap.name, "ended": ended,
                    "cfg": args.cfg, "flags": trainer_flags(args), "data_name": args.data.name, "ref": ref.name,
-                   "num_gen": args.images, "num_real": evaluator.num_real, "detector": evaluator.det.name,
+                   "num_gen": args.images, "num_real": evaluator.num_real,
+                   "resolution": int(getattr(evaluator.dataset, "resolution", 0) or 0), "detector": evaluator.det.name,
                    "eval_s": round(eval_s, 1), "machine": machine, "date": time.strftime("%Y-%m-%d")}
             records.append(rec)
             print(json.dumps({k: rec[k] for k in ("setting", "seed", "kimg", "kid", "fid", "wall_s", "cpu_s")}),
@@ -397,7 +439,15 @@ def main():
             snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
             for s in snaps[:-1]:
                 s.unlink()  # the last one stays, so a curve can be continued with the trainer's --resume
+    if args.export:
+        export_curves(read_jsonl(out / CURVE), args.export, args.export_label, 0)
     print(f"wrote {out / CURVE}, {out / 'curves.png'}, {out / 'summary.md'} and grids in {grids}")
+
+
+def _resolution(path):
+    from engine.metrics import reals
+
+    return int(getattr(reals.open_dataset(path), "resolution", 0) or 0)
 
 
 if __name__ == "__main__":
