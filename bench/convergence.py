@@ -106,14 +106,19 @@ def train_one(args, seed, run_root, log_path):
         log.flush()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        while proc.poll() is None:
-            time.sleep(1.0)
-            cpu = _child_cpu_s(proc.pid)
-            over_cpu = args.budget_cpu_min and cpu is not None and cpu > args.budget_cpu_min * 60
-            over_wall = args.budget_wall_min and time.time() - t0 > args.budget_wall_min * 60
-            if (over_cpu or over_wall) and ended == "finished":
-                ended = "budget"
-                proc.send_signal(signal.SIGTERM)  # the trainer finishes its step and writes a snapshot
+        try:
+            while proc.poll() is None:
+                time.sleep(1.0)
+                cpu = _child_cpu_s(proc.pid)
+                over_cpu = args.budget_cpu_min and cpu is not None and cpu > args.budget_cpu_min * 60
+                over_wall = args.budget_wall_min and time.time() - t0 > args.budget_wall_min * 60
+                if (over_cpu or over_wall) and ended == "finished":
+                    ended = "budget"
+                    proc.send_signal(signal.SIGTERM)  # the trainer finishes its step and writes a snapshot
+        finally:
+            if proc.poll() is None:  # this script was interrupted: the trainer must not go on alone
+                proc.terminate()
+                proc.wait()
     if proc.returncode != 0:
         tail = Path(log_path).read_text()[-2000:]
         sys.exit(f"training seed {seed} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -399,6 +404,8 @@ def main():
         if not p.exists():
             sys.exit(f"dataset {p} does not exist: make it with `python -m engine prepare`")
     out.mkdir(parents=True, exist_ok=True)
+    # Stopped by SIGTERM, this script exits through its finally blocks, which stop the trainer too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     setting = setting_name(args)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in setting)
     run_root = out / "runs" / safe
