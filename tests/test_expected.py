@@ -50,6 +50,21 @@ def test_missing_or_broken_file_gives_no_curves(tmp_path):
     assert len(load_curves(good)) == 2
 
 
+def test_committed_curves_are_well_formed():
+    curves = load_curves(CURVES_FILE)
+    assert curves, f"{CURVES_FILE} holds no measured curve"
+    for c in curves:
+        kimgs = [p["kimg"] for p in c["points"]]
+        assert kimgs == sorted(kimgs) and all(isinstance(p["kid"], float) for p in c["points"])
+        assert c["source"] and c["date"] and c["dataset"]
+        assert c["seeds"] >= 1 and c["num_gen"] > 0 and c["num_real"] > 0 and c["resolution"] > 0
+
+
+def test_the_tiny_preset_has_a_measured_expectation():
+    text = quality_text("tiny", 20, 32)
+    assert "the tiny preset reached **KID" in text and "10 kimg" in text and "longest measured" in text
+
+
 def test_module_does_not_import_torch():
     code = "import sys, engine.train.expected; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
