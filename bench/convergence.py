@@ -20,7 +20,9 @@ DIR/curve.jsonl (one line per setting, seed and point; rerunning a setting and s
 redraws DIR/curves.png (KID against kimg, wall minutes and CPU minutes; one colour per setting, the band is the
 seed-to-seed range) and DIR/summary.md (mean, seed spread and per-seed values at each point). --budget-cpu-min /
 --budget-wall-min stop a seed's training early (the trainer is stopped the way the dashboard stops it: it
-writes a snapshot first); the points reached are still evaluated. --plot-only redraws from curve.jsonl.
+writes a snapshot first); the points reached are still evaluated, except that snapshots are named by whole kimg:
+a stop within the same whole kimg as the last tick replaces that tick's snapshot, whose point is then missing.
+--plot-only redraws from curve.jsonl; --eval-only evaluates run folders already in --out.
 """
 
 import argparse
@@ -358,6 +360,9 @@ def main():
     ap.add_argument("--budget-wall-min", type=float, help="stop a seed's training after this many wall minutes")
     ap.add_argument("--keep-runs", action="store_true", help="keep the run folders (default: only the last snapshot)")
     ap.add_argument("--plot-only", action="store_true", help="redraw curves.png and summary.md from curve.jsonl")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="train nothing: evaluate the snapshots of each seed's newest run folder already in --out "
+                         "(trained earlier, elsewhere, or stopped), e.g. with another --images")
     ap.add_argument("--export", metavar="JSON",
                     help="also merge the curves of unchanged presets into this file (the Train tab's "
                          "engine/train/measured_curves.json)")
@@ -421,7 +426,13 @@ def main():
     evaluator = Evaluator(ref, args.real, args.images, args.device)
     machine = f"{os.cpu_count()}-core {platform.machine()}, torch {torch.__version__}"
     for seed in seeds:
-        run_dir, ended = train_one(args, seed, run_root, out / f"train-{safe}-seed{seed}.log")
+        if args.eval_only:
+            found = sorted(p for p in (run_root / f"seed{seed}").glob("*") if p.is_dir())
+            if not found:
+                sys.exit(f"--eval-only: no run folder in {run_root / f'seed{seed}'}")
+            run_dir, ended = found[-1], "evaluated later"
+        else:
+            run_dir, ended = train_one(args, seed, run_root, out / f"train-{safe}-seed{seed}.log")
         records = []
         for idx, (kimg, snap, wall_s, cpu_s) in enumerate(snapshot_points(run_dir)):
             G = load_network(snap, args.device)["G_ema"]
