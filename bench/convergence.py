@@ -131,7 +131,8 @@ def train_one(args, seed, run_root, log_path):
 
 
 def snapshot_points(run_dir):
-    """[(kimg, snapshot path, wall s, cpu s)] from the run's stats.jsonl and its snapshots, in order.
+    """[(point, kimg, snapshot path, wall s, cpu s)] from the run's stats.jsonl and its snapshots, in order; point
+    is the tick's number (one snapshot a tick), so it stays the same when older snapshots were deleted.
 
     A snapshot is named by its whole kimg, so it belongs to the last tick whose kimg rounds down to that number
     (a run stopped just after a tick replaces that tick's snapshot with a later one of the same name).
@@ -144,7 +145,7 @@ def snapshot_points(run_dir):
         if not ticks:
             continue
         t = ticks[-1]
-        points.append((t["Progress/kimg"]["mean"], snap, t["Timing/total_sec"]["mean"],
+        points.append((int(t["Progress/tick"]["mean"]), t["Progress/kimg"]["mean"], snap, t["Timing/total_sec"]["mean"],
                        t.get("Resources/process_cpu_sec", {}).get("mean")))
     return points
 
@@ -194,10 +195,17 @@ def save_grid(G, path, count):
 # Curve file, summary and plot
 
 
-def write_records(out, setting, seed, records):
-    """Replace the lines of (setting, seed) in out/curve.jsonl by `records`."""
+def write_records(out, setting, seed, records, only_points=False):
+    """Replace the lines of (setting, seed) in out/curve.jsonl by `records` (only_points: only the lines of the
+    points in `records`, keeping the others)."""
     path = out / CURVE
-    keep = [r for r in read_jsonl(path) if not (r.get("setting") == setting and r.get("seed") == seed)]
+    points = {r["point"] for r in records}
+
+    def replaced(r):
+        return (r.get("setting") == setting and r.get("seed") == seed
+                and (not only_points or r.get("point") in points))
+
+    keep = [r for r in read_jsonl(path) if not replaced(r)]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         for r in keep + records:
@@ -362,7 +370,7 @@ def main():
     ap.add_argument("--plot-only", action="store_true", help="redraw curves.png and summary.md from curve.jsonl")
     ap.add_argument("--eval-only", action="store_true",
                     help="train nothing: evaluate the snapshots of each seed's newest run folder already in --out "
-                         "(trained earlier, elsewhere, or stopped), e.g. with another --images")
+                         "(trained elsewhere, or kept with --keep-runs) and replace those points' lines")
     ap.add_argument("--export", metavar="JSON",
                     help="also merge the curves of unchanged presets into this file (the Train tab's "
                          "engine/train/measured_curves.json)")
@@ -434,7 +442,7 @@ def main():
         else:
             run_dir, ended = train_one(args, seed, run_root, out / f"train-{safe}-seed{seed}.log")
         records = []
-        for idx, (kimg, snap, wall_s, cpu_s) in enumerate(snapshot_points(run_dir)):
+        for idx, kimg, snap, wall_s, cpu_s in snapshot_points(run_dir):
             G = load_network(snap, args.device)["G_ema"]
             t0 = time.time()
             kid, fid = evaluator(G)
@@ -451,7 +459,7 @@ def main():
             records.append(rec)
             print(json.dumps({k: rec[k] for k in ("setting", "seed", "kimg", "kid", "fid", "wall_s", "cpu_s")}),
                   flush=True)
-        write_records(out, setting, seed, records)
+        write_records(out, setting, seed, records, only_points=args.eval_only)
         redraw(out)
         if not args.keep_runs:
             snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
