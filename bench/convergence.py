@@ -430,7 +430,6 @@ def main():
 
     from engine.checkpoint import load_network
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     evaluator = Evaluator(ref, args.real, args.images, args.device)
     machine = f"{os.cpu_count()}-core {platform.machine()}, torch {torch.__version__}"
     for seed in seeds:
