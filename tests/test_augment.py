@@ -82,6 +82,82 @@ def test_xflip_only_flips():
     assert flipped > 0 and kept > 0
 
 
+def _roll_distances(y, exact):
+    """Mean absolute distance of y from the exact image rolled by -1 and by +1 px along x."""
+    return ((y - torch.roll(exact, -1, 3)).abs().mean().item(), (y - torch.roll(exact, 1, 3)).abs().mean().item())
+
+
+def test_xflip_alone_at_p1_is_an_exact_unshifted_flip():
+    torch.manual_seed(2)
+    pipe = AugmentPipe(xflip=1)
+    pipe.p = 1.0
+    x = torch.rand(32, 3, 16, 16) * 2 - 1  # sharp images: any resampling would show
+    y = pipe(x)
+    flipped = [i for i in range(len(x)) if torch.equal(y[i], x[i].flip(2))]
+    kept = [i for i in range(len(x)) if torch.equal(y[i], x[i])]
+    assert sorted(flipped + kept) == list(range(len(x)))
+    assert len(flipped) > 4 and len(kept) > 4
+    left, right = _roll_distances(y[flipped], x[flipped].flip(3))
+    assert left > 0.3 and abs(left - right) < 1e-6 * left  # as far from the flip moved left as moved right
+
+
+def test_rotate90_alone_at_p1_is_an_exact_quarter_turn():
+    torch.manual_seed(3)
+    pipe = AugmentPipe(rotate90=1)
+    pipe.p = 1.0
+    x = torch.rand(32, 3, 12, 12) * 2 - 1
+    y = pipe(x)
+    turns = []
+    for i in range(len(x)):
+        match = [k for k in range(4) if torch.equal(y[i], torch.rot90(x[i], k, [1, 2]))]
+        assert len(match) == 1, f"sample {i} is not an exact quarter turn of its input"
+        turns.append(match[0])
+    assert set(turns) == {0, 1, 2, 3}
+    for k in (1, 2, 3):
+        idx = [i for i, t in enumerate(turns) if t == k]
+        exact = torch.rot90(x[idx], k, [2, 3])
+        left, right = _roll_distances(y[idx], exact)
+        assert abs(left - right) < 1e-6 * left
+
+
+def test_integer_translation_moves_whole_pixels_with_reflection():
+    torch.manual_seed(4)
+    pipe = AugmentPipe(xint=1, xint_max=0.25)
+    pipe.p = 1.0
+    x = torch.rand(16, 1, 8, 8)
+    y = pipe(x)
+    padded = F.pad(x, [2, 2, 2, 2], mode="reflect")
+    moved = 0
+    for i in range(len(x)):
+        hits = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)
+                if torch.equal(y[i], padded[i, :, 2 - dy:10 - dy, 2 - dx:10 - dx])]
+        assert hits, f"sample {i} is not a whole-pixel move of its input"
+        moved += hits[0] != (0, 0)
+    assert moved > 4
+
+
+def test_whole_pixel_moves_pass_gradients_and_combine_with_resampling():
+    torch.manual_seed(5)
+    pipe = AugmentPipe(xflip=1, rotate90=1, scale=1)
+    pipe.p = 1.0
+    x = smooth_images(4).requires_grad_(True)
+    y = pipe(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_mirror_through_the_resampler_is_not_shifted():
+    # A mirror given to the filtered path as a general affine (as a combined transform would be) lands on the
+    # exact mirror, not a fraction of a pixel to one side.
+    pipe = AugmentPipe()
+    x = smooth_images(8, res=32, seed=6)
+    exact = x.flip(3)
+    y = pipe.apply_affine(x, scale2d(-1, 1, 8, "cpu"))
+    left, right = _roll_distances(y, exact)
+    assert abs(left - right) < 0.02 * left
+
+
 def test_geometric_pipeline_changes_images_and_keeps_shape():
     torch.manual_seed(0)
     pipe = make_pipe("bg")

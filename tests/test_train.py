@@ -61,6 +61,8 @@ def test_tiny_run_end_to_end(data, tmp_path):
     for key in NVIDIA_KEYS:
         assert key in stats[0] and set(stats[0][key]) == {"num", "mean", "std"}, key
     assert stats[0]["Loss/G/loss"]["num"] == 4  # one value per sample of the batch
+    cpu = [s["Resources/process_cpu_sec"]["mean"] for s in stats]
+    assert 0 < cpu[0] and cpu == sorted(cpu)  # the training process's CPU seconds, growing
     options = json.loads((run / "training_options.json").read_text())
     assert options["batch_size"] == 4 and options["total_kimg"] == 0.012
     with Image.open(run / "fakes000000.png") as im:

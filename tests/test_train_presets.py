@@ -102,3 +102,20 @@ def test_run_folder_readers(tmp_path):
     assert runs.read_metrics(a) == {"fid50k_full": [{"results": {"fid50k_full": 3.2}}]}
     runs.truncate_jsonl(a / "stats.jsonl", lambda r: False)
     assert runs.read_stats(a) == []
+
+
+def test_ema_half_life_overrides_the_preset():
+    tiny = presets.resolve(TrainOptions(cfg="tiny"), facts(32), 1, "cpu")
+    assert tiny.ema_kimg == 8 * 10 / 32  # batch * 10 / 32
+    assert presets.resolve(TrainOptions(cfg="tiny", ema=1.5), facts(32), 1, "cpu").ema_kimg == 1.5
+    assert presets.resolve(TrainOptions(cfg="stylegan2", ema=0), facts(32), 1, "cpu").ema_kimg == 0
+    with pytest.raises(UserError, match="--ema"):
+        presets.resolve(TrainOptions(cfg="tiny", ema=-1), facts(32), 1, "cpu")
+    import argparse
+
+    from engine.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--data", "d.zip", "--outdir", "o", "--ema", "2.5"])
+    assert train_command.options_from_args(args).ema == 2.5

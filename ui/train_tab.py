@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
+from engine.train.expected import quality_text
 from engine.train.presets import PRESETS
 from engine.train import runs as run_files
 from engine.train.runs import read_metrics, read_stats
@@ -539,7 +540,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         progress(0, desc="Timing a few training steps")
         est = estimate.estimate(sup, data, int(info.get("resolution") or 32), int(info.get("channels") or 3), cfg,
                                 int(batch_v) if batch_v else None, size=int(info.get("count") or 0))
-        return estimate.describe(est, float(kimg_v or 0))
+        quality = quality_text(cfg, float(kimg_v or 0), int(info.get("resolution") or 0))
+        return estimate.describe(est, float(kimg_v or 0)) + ("\n\n" + quality if quality else "")
 
     estimate_btn.click(do_estimate, [dataset, preset, kimg, batch], estimate_md, api_name="estimate",
                        concurrency_id="estimate", concurrency_limit=1)

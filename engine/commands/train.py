@@ -78,6 +78,8 @@ def add_arguments(p):
     g.add_argument("--style-mixing", type=float, metavar="P", help="style mixing probability (preset: 0.9)")
     g.add_argument("--pl-weight", type=float, metavar="W", help="path length regularisation weight (preset: 2)")
     g.add_argument("--use-noise", type=_bool, metavar="BOOL", help="noise inputs in G (default 1)")
+    g.add_argument("--ema", type=float, metavar="KIMG",
+                   help="half-life of the generator's moving average in kimg (preset: batch * 10 / 32)")
 
     g = p.add_argument_group("performance")
     g.add_argument("--fp32", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
@@ -103,7 +105,8 @@ def options_from_args(args):
         freezed=args.freezed, metrics=args.metrics, precision="fp32" if args.fp32 else args.precision,
         allow_tf32=args.allow_tf32, nobench=args.nobench, desc=args.desc,
         device=None if args.device == "auto" else args.device, progress=args.progress, max_steps=args.max_steps,
-        style_mixing=args.style_mixing, pl_weight=args.pl_weight, use_noise=args.use_noise)
+        style_mixing=args.style_mixing, pl_weight=args.pl_weight, use_noise=args.use_noise,
+        ema=args.ema)
 
 
 def run(args):

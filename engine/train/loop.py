@@ -217,6 +217,9 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             add_scalar(entries, "Timing/maintenance_sec", maintenance_sec)
             add_scalar(entries, "Timing/total_hours", progress.total_sec / 3600)
             add_scalar(entries, "Timing/total_days", progress.total_sec / 86400)
+            # CPU seconds of this process (all its threads) since it started: on a shared machine this, not
+            # the wall clock, measures what training cost. It restarts at 0 in a resumed session.
+            add_scalar(entries, "Resources/process_cpu_sec", time.process_time())
             add_scalar(entries, "Resources/cpu_mem_gb", cpu_mem)
             add_scalar(entries, "Resources/peak_gpu_mem_gb", gpu_mem)
             entries["timestamp"] = time.time()

@@ -48,6 +48,7 @@ class TrainOptions:
     # Overrides for tests and experiments, not exposed as NVIDIA flags.
     style_mixing: float | None = None
     pl_weight: float | None = None
+    ema: float | None = None  # G_ema half-life in kimg
     z_dim: int | None = None
     w_dim: int | None = None
     use_noise: bool | None = None

@@ -100,6 +100,10 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
         if options.gamma < 0:
             raise UserError(f"--gamma must be >= 0, got {options.gamma}")
         gamma = float(options.gamma)
+    if options.ema is not None:
+        if options.ema < 0:
+            raise UserError(f"--ema must be >= 0 (kimg), got {options.ema}")
+        ema = float(options.ema)
 
     if mb % gpus != 0:
         raise UserError(f"--batch {mb} must be a multiple of --gpus {gpus}")
