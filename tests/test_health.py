@@ -205,7 +205,7 @@ def test_tensorboard_off_without_a_folder():
 
 def test_trainer_logs_warnings_and_writes_events(tmp_path):
     from engine.train.launch import train
-    from test_train_helpers import make_dataset, tiny_options
+    from train_helpers import make_dataset, tiny_options
 
     data = make_dataset(tmp_path / "data" / "blobs", n=8, res=16)
     # p starts at the ceiling: the first tick's health check must say so in log.txt.
