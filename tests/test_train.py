@@ -294,6 +294,9 @@ def test_metrics_flag_none_auto_and_default(data, tmp_path, monkeypatch):
     assert cfg.metrics == [] and "off by default on the CPU" in cfg.metrics_note  # this machine: the CPU
     monkeypatch.setattr(setup, "default_metrics", lambda facts, device: (["kid1k"], "quality tracking: kid1k"))
     assert setup.prepare_run(tiny_options(data, tmp_path), 1, create_dir=False).metrics == ["kid1k"]
+    assert setup.prepare_run(tiny_options(data, tmp_path, metrics=["auto"]), 1, create_dir=False).metrics == ["kid1k"]
+    with pytest.raises(UserError, match="unknown metric 'auto'"):
+        setup.prepare_run(tiny_options(data, tmp_path, metrics=["auto", "fid10"]), 1, create_dir=False)
     off = setup.prepare_run(tiny_options(data, tmp_path, metrics=["none"]), 1, create_dir=False)
     assert off.metrics == [] and off.metrics_note == ""
     assert setup.prepare_run(tiny_options(data, tmp_path, metrics=["fid10"]), 1, create_dir=False).metrics == ["fid10"]

@@ -261,7 +261,7 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
             parse_metric = None
         if parse_metric is not None:
             for name in options.metrics:
-                if name and name != "none":
+                if name and name != "none" and options.metrics != ["auto"]:  # 'auto' alone: the default
                     parse_metric(name)
 
     mode, path, snap = resolve_resume(options, facts)
@@ -297,7 +297,7 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         return cfg
 
     cfg = presets.resolve(options, facts, world_size, device)
-    if not options.metrics:  # nothing asked for: cheap quality tracking where it costs little
+    if options.metrics in ([], ["auto"]):  # nothing asked for: cheap quality tracking where it costs little
         cfg.metrics, cfg.metrics_note = default_metrics(facts, device)
     if mode == "transfer":
         cfg.resume = str(path)
