@@ -74,3 +74,18 @@ def test_fid_panel_only_with_metrics_and_jargon_explained():
     assert not any("python -m engine metrics" in t for t in titles)
     fid = next(t for t in fig.data if t.name == "fid1k")
     assert list(fid.x) == [0.0, 2.0] and list(fid.y) == [250.0, 200.0]
+
+
+def test_best_snapshot_is_marked_on_the_metric_curve():
+    stats = [rec(k, Loss__D__loss=1.0) for k in (0.0, 4.0, 8.0)]
+    recs = [{"results": {"kid1k": v}, "kimg": k, "snapshot_pkl": f"network-snapshot-{int(k):06d}.pt"}
+            for k, v in ((0.0, 0.3), (4.0, 0.021), (8.0, 0.05))]
+    fig = charts.training_figure(stats, {"kid1k": recs})
+    (star,) = [t for t in fig.data if t.name == "best"]
+    assert list(star.x) == [4.0] and list(star.y) == [0.021] and star.marker.symbol == "star"
+    kid = next(t for t in fig.data if t.name == "kid1k")
+    assert (star.xaxis, star.yaxis) == (kid.xaxis, kid.yaxis)  # on the FID/KID panel, not another
+    (note,) = [a for a in fig.layout.annotations if a.text == "best: kimg 4, KID 0.0210"]
+    assert (note.x, note.y) == (4.0, 0.021)
+    # Nothing measured: no marker.
+    assert not [t for t in charts.training_figure(stats, {}).data if t.name == "best"]

@@ -70,3 +70,10 @@ def test_panel_builds_beside_a_picker(studio):
         picker = gr.Dropdown(labels(studio), value=labels(studio)[0], label="Network")
         parts = model_tools.build(studio, picker)
     assert parts["other"].choices and parts["split"].value == 16
+
+
+def test_file_names_come_from_the_picked_file_not_the_label(studio):
+    run = studio.runs_dir / "00000-blobs-tiny"
+    assert model_tools._stem("best: run 00000 · kimg 4 · KID 0.0210", run / "network-snapshot-000004.pt") == \
+        "00000-kimg000004"
+    assert model_tools._stem("uploaded / my net.pt", studio.uploads_dir / "networks" / "my net.pt") == "my-net"

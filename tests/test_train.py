@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from engine.errors import UserError
-from engine.train import runs
+from engine.train import health, runs
 from engine.train.launch import train
 from polling import wait_for
 from train_helpers import make_dataset, tensors_equal, tiny_options
@@ -296,6 +297,67 @@ def test_metrics_are_written_at_each_snapshot(data, tmp_path, monkeypatch):
         assert key in rec
     # Each record names its own snapshot: tick 0's took NVIDIA's name, the final one (0.008 kimg) the finer one.
     assert [r["snapshot_pkl"] for r in records] == ["network-snapshot-000000.pt", "network-snapshot-000000_008.pt"]
+
+
+def test_default_metrics_by_device_dataset_and_detector(tmp_path, monkeypatch):
+    from engine.metrics import detector
+    from engine.train.setup import default_metrics
+
+    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path / "cache"))  # no NVIDIA detector cached here
+    monkeypatch.setattr(detector, "offline_detector_path", lambda: tmp_path / "default_1.pt")
+    assert default_metrics({"size": 5000}, "cuda")[0] == ["kid1k"]
+    metrics, note = default_metrics({"size": 5000}, "cpu")
+    assert metrics == [] and "off by default on the CPU" in note and "--metrics kid100" in note
+    metrics, note = default_metrics({"size": 40}, "cuda")
+    assert metrics == [] and "40 images are too few" in note
+    monkeypatch.setattr(detector, "offline_detector_path", lambda: None)
+    metrics, note = default_metrics({"size": 5000}, "cuda")
+    assert metrics == [] and "no Inception detector" in note
+    nvidia = tmp_path / "cache" / "detectors" / detector.NVIDIA_FILE
+    nvidia.parent.mkdir(parents=True)
+    nvidia.write_bytes(b"cached")
+    assert default_metrics({"size": 5000}, "cuda")[0] == ["kid1k"]
+
+
+def test_metrics_flag_none_auto_and_default(data, tmp_path, monkeypatch):
+    from engine.commands.train import _metric_list
+    from engine.train import setup
+
+    assert _metric_list("auto") == [] and _metric_list("none") == ["none"] and _metric_list("kid1k") == ["kid1k"]
+    cfg = setup.prepare_run(tiny_options(data, tmp_path), 1, create_dir=False)
+    assert cfg.metrics == [] and "off by default on the CPU" in cfg.metrics_note  # this machine: the CPU
+    monkeypatch.setattr(setup, "default_metrics", lambda facts, device: (["kid1k"], "quality tracking: kid1k"))
+    assert setup.prepare_run(tiny_options(data, tmp_path), 1, create_dir=False).metrics == ["kid1k"]
+    assert setup.prepare_run(tiny_options(data, tmp_path, metrics=["auto"]), 1, create_dir=False).metrics == ["kid1k"]
+    with pytest.raises(UserError, match="unknown metric 'auto'"):
+        setup.prepare_run(tiny_options(data, tmp_path, metrics=["auto", "fid10"]), 1, create_dir=False)
+    off = setup.prepare_run(tiny_options(data, tmp_path, metrics=["none"]), 1, create_dir=False)
+    assert off.metrics == [] and off.metrics_note == ""
+    assert setup.prepare_run(tiny_options(data, tmp_path, metrics=["fid10"]), 1, create_dir=False).metrics == ["fid10"]
+
+
+def test_default_metric_tracking_measures_each_snapshot_and_names_the_best(data, tmp_path, monkeypatch):
+    import engine.metrics
+    from engine.train import setup
+
+    values = iter([0.30, 0.05, 0.12, 0.2, 0.2, 0.2])
+
+    def fake_compute_many(names, G, dataset_path, device, **kw):
+        return [{"results": {n: next(values)}, "metric": n, "total_time": 0.1, "total_time_str": "0s",
+                 "num_gpus": 1} for n in names]
+
+    monkeypatch.setattr(engine.metrics, "compute_many", fake_compute_many)
+    monkeypatch.setattr(setup, "default_metrics", lambda facts, device: (["kid1k"], "quality tracking: kid1k"))
+    assert train(tiny_options(data, tmp_path, kimg=0.024)) == 0
+    run = only_run(tmp_path)
+    log = (run / "log.txt").read_text()
+    assert "note: quality tracking: kid1k" in log
+    measured = runs.read_metrics(run)["kid1k"]
+    assert len(measured) >= 3
+    latest = {r["snapshot_pkl"]: r["results"]["kid1k"] for r in measured}  # a re-measured file: its last value
+    best = health.best_snapshot(run)
+    assert best["value"] == min(latest.values()) and best["path"] == run / best["snapshot"]
+    assert re.search(r"best: kimg \d+, KID 0\.\d{4} \(network-snapshot-", log)  # the trainer's health monitor
 
 
 def test_bad_options_are_user_errors(data, tmp_path):

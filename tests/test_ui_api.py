@@ -201,6 +201,43 @@ def test_generate_errors_are_messages(served):
                 "const")
 
 
+def test_generate_tab_export_and_blend_panel(served):
+    studio, client = served
+    files, report = predict(client, "/export_network", "uploaded / tiny16.pt", "safetensors")
+    assert sorted(Path(f).suffix for f in files) == [".json", ".safetensors"]
+    assert "max abs difference 0" in report
+    with pytest.raises(Exception, match="not found"):  # a typed path is never taken up here either
+        predict(client, "/export_network", "/etc/passwd", "onnx")
+    net, other, several, blend_report = predict(client, "/blend_networks", "uploaded / tiny16.pt",
+                                                "uploaded / tiny16.pt", 8, "a")
+    assert net == "uploaded / blend-tiny16-tiny16-split8.pt"
+    assert blend_report.startswith("Blended: blocks 4-8 from uploaded / tiny16.pt, block 16 from uploaded / tiny16.pt")
+    blended = studio.uploads_dir / "networks" / "blend-tiny16-tiny16-split8.pt"
+    try:
+        assert predict(client, "/network_info", net)[0].startswith(f"**{net}**: 16 px RGB")
+    finally:
+        blended.unlink()  # the other tests see the upload folder as they left it
+    with pytest.raises(Exception, match="not the same architecture"):
+        predict(client, "/blend_networks", "uploaded / tiny16.pt", "uploaded / cond16.pt", 8, "a")
+
+
+def test_train_tab_shows_health_warnings(served):
+    studio, client = served
+    run = studio.runs_dir / "00042-health-check"
+    run.mkdir(parents=True)
+    try:
+        with open(run / "stats.jsonl", "w") as f:
+            for i, d in enumerate([1.2] * 8 + [float("inf")]):
+                f.write(json.dumps({"Progress/kimg": {"num": 1, "mean": 4.0 * (i + 1), "std": 0},
+                                    "Loss/D/loss": {"num": 64, "mean": d, "std": 1}}) + "\n")
+        text = client.predict(run.name, api_name="/train_health")
+        assert text.startswith("- ⚠ ") and "D loss is inf" in text
+        (run / "stats.jsonl").write_text("")
+        assert client.predict(run.name, api_name="/train_health") == ""
+    finally:
+        shutil.rmtree(run)
+
+
 def test_concurrent_generation_requests_are_all_served(served):
     _, client = served
     jobs = [client.submit("uploaded / tiny16.pt", f"{i * 4}-{i * 4 + 3}", 0.7, None, "const", api_name="/generate")

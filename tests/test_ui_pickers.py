@@ -58,6 +58,30 @@ def test_newest_snapshot_of_newest_run_is_offered_first(studio):
     assert [(r["id"], k) for r, k, _ in snapshots_newest_first(studio.runs_dir)][:2] == [(0, 12), (0, 1)]
 
 
+def write_metric(run_dir, name, values):
+    """metric-<name>.jsonl with {snapshot kimg: value}, as the trainer writes it."""
+    with open(run_dir / f"metric-{name}.jsonl", "w") as f:
+        for kimg, v in values.items():
+            f.write(json.dumps({"results": {name: v}, "metric": name,
+                                "snapshot_pkl": f"network-snapshot-{kimg:06d}.pt"}) + "\n")
+
+
+def test_best_snapshot_is_offered_first_within_its_run(studio):
+    old = make_run(studio, "00000-emoji16-tiny", "emoji16.zip", [0, 4, 8], when=1000)
+    new = make_run(studio, "00001-faces32-tiny", "faces32", [0, 2, 4], when=2000)
+    write_metric(old, "kid1k", {0: 0.3, 4: 0.021, 8: 0.05})
+    labels = list(gt.network_choices(studio))
+    # The newest run has no measurement: its newest snapshot stays first; the older run's best leads that run.
+    assert labels[:4] == ["run 00001 · faces32 · 4 kimg", "run 00001 · faces32 · 2 kimg",
+                          "run 00001 · faces32 · 0 kimg", "best: run 00000 · kimg 4 · KID 0.0210"]
+    assert gt.network_choices(studio)[labels[3]] == old / "network-snapshot-000004.pt"
+    write_metric(new, "fid1k", {0: 250.0, 2: 180.5, 4: 190.25})
+    assert gt.default_network(studio) == "best: run 00001 · kimg 2 · FID 180.50"
+    assert gt.load(studio, gt.default_network(studio))["G_ema"].img_resolution == 8
+    (new / "network-snapshot-000002.pt").unlink()  # the best file is gone: no best entry, nothing broken
+    assert gt.default_network(studio) == "run 00001 · faces32 · 4 kimg"
+
+
 def test_folder_and_file_names_still_load_but_are_not_listed(studio):
     make_run(studio, "00000-emoji16-tiny", "emoji16.zip", [0], when=1000)
     alias = "00000-emoji16-tiny / network-snapshot-000000.pt"

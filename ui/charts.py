@@ -156,6 +156,9 @@ def training_figure(stats: list[dict], metrics: dict[str, list] | None = None, t
                 fig.add_trace(_trace(xs, ys, metric, ".4~g", lines=True), row=row, col=col)
                 all_x += xs
                 ys_all += ys
+            best = best_point(metrics)
+            if best:
+                _mark_best(fig, best, row, col)
         span, rel = Y_SPAN[name]
         low, high = Y_LIMITS.get(name, (None, None))
         fig.update_yaxes(range=axis_range(ys_all, span, rel, low, high), exponentformat="none",
@@ -171,6 +174,34 @@ def training_figure(stats: list[dict], metrics: dict[str, list] | None = None, t
                       showlegend=True, legend=dict(orientation="h", y=-0.12), title=title or None,
                       template="plotly_white", hovermode="closest")
     return fig
+
+
+def best_point(metrics: dict[str, list] | None):
+    """(kimg, value, label) of the best snapshot measured (engine.train.health.best_snapshot's choice of metric
+    and snapshot), placed where its point is on the curve; None when nothing was measured."""
+    from engine.train.health import best_snapshot
+
+    if not metrics:
+        return None
+    best = best_snapshot(".", metrics=metrics)
+    if not best:
+        return None
+    kimg = None
+    for rec in metrics.get(best["metric"]) or []:
+        if isinstance(rec, dict) and rec.get("snapshot_pkl") == best["snapshot"]:
+            kimg = metric_points([rec]).get(best["metric"], ([None], []))[0][0]
+    if kimg is None:
+        kimg = best["kimg"]
+    return None if kimg is None else (float(kimg), best["value"], best["label"])
+
+
+def _mark_best(fig, best, row, col):
+    kimg, value, label = best
+    fig.add_trace(go.Scatter(x=[kimg], y=[value], name="best", mode="markers", cliponaxis=False,
+                             marker=dict(symbol="star", size=14, color="#d4a017", line=dict(width=1, color="#333")),
+                             hovertemplate=f"{label}<extra></extra>"), row=row, col=col)
+    fig.add_annotation(x=kimg, y=value, text=label, showarrow=True, arrowhead=2, ax=0, ay=-28,
+                       font=dict(size=11), bgcolor="rgba(255,255,255,0.8)", row=row, col=col)
 
 
 def _trace(xs, ys, name, fmt, lines=False):

@@ -37,9 +37,30 @@ def snapshot_label(run: dict, kimg) -> str:
     return f"run {run['id']:05d} · {data or run['desc']} · {k} kimg"
 
 
+def best_label(run: dict, listed=()) -> "tuple[str, Path] | None":
+    """('best: run 00003 · kimg 840 · KID 0.0210', its file) for the run's snapshot with the lowest FID/KID
+    measured at its snapshots, or None when none was measured or that file is gone. listed: the
+    (run, kimg, path) triples of snapshots_newest_first, for the kimg the other labels show."""
+    from engine.train.health import best_snapshot
+
+    try:
+        best = best_snapshot(run["path"])
+    except OSError:
+        return None
+    if not best or best["path"] is None:
+        return None
+    kimg = next((k for r, k, p in listed if r["path"] == run["path"] and p.name == best["snapshot"]), best["kimg"])
+    k = "?" if kimg is None else (f"{kimg:,}" if isinstance(kimg, int)
+                                  else f"{float(kimg):,.3f}".rstrip("0").rstrip("."))
+    kind = "KID" if best["metric"].startswith("kid") else "FID"
+    value = f"{best['value']:.4f}" if kind == "KID" else f"{best['value']:.2f}"
+    return f"best: run {run['id']:05d} · kimg {k} · {kind} {value}", best["path"]
+
+
 def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, Path]":
-    """{label shown in the picker: file}: every run's snapshots (the run written last first, its newest snapshot
-    first), then the demo, then uploads. With aliases, also '<run folder> / <snapshot file>' for each snapshot,
+    """{label shown in the picker: file}: every run's snapshots (the run written last first; within a run its best
+    snapshot by the FID/KID measured during training, when any was, then its newest snapshot first), then the
+    demo, then uploads. With aliases, also '<run folder> / <snapshot file>' for each snapshot,
     a name scripts may use; the picker shows the short labels only.
 
     Visitors pick labels; paths never come from the page, so nothing outside the workdir can be named.
@@ -48,7 +69,14 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
 
     out: OrderedDict[str, Path] = OrderedDict()
     extra: dict[str, Path] = {}
-    for run, kimg, snap in snapshots_newest_first(studio.runs_dir):
+    listed = snapshots_newest_first(studio.runs_dir)
+    best_seen = set()
+    for run, kimg, snap in listed:
+        if run["path"] not in best_seen:  # a run's best measured snapshot comes before its newest
+            best_seen.add(run["path"])
+            best = best_label(run, listed)
+            if best:
+                out[best[0]] = best[1]
         label = snapshot_label(run, kimg)
         if label in out:  # two files of one kimg: tell them apart by name
             label = f"{label} ({snap.name})"
@@ -186,6 +214,9 @@ def build(studio: Studio):
         with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
             upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=[".pt", ".pkl"],
                              elem_id="generate-upload")
+        from ui import model_tools
+
+        tools = model_tools.build(studio, network)
         info_md = gr.Markdown(elem_id="generate-info")
         with gr.Row():
             seeds = gr.Textbox(value="0-7", label="Seeds", info="numbers and ranges: 0-7, 42, 100-103",
@@ -250,10 +281,12 @@ def build(studio: Studio):
     def do_refresh(current, offered=None):
         """The list again, the newest snapshot first; a network the visitor picked themselves stays picked."""
         ch = network_choices(studio)
+        # The panel's own lists (network B, networks to average) follow; their picks stay where still listed.
         return (gr.update(choices=list(ch), value=pick_network(ch, current, offered)), empty_update(studio, ch),
-                next(iter(ch), None))
+                next(iter(ch), None), gr.update(choices=list(ch)), gr.update(choices=list(ch)))
 
-    refresh_btn.click(do_refresh, [network, offered_first], [network, empty_md, offered_first], api_name="networks")
+    refresh_outputs = [network, empty_md, offered_first, tools["other"], tools["several"]]
+    refresh_btn.click(do_refresh, [network, offered_first], refresh_outputs, api_name="networks")
 
     @friendly
     def on_upload(f):
@@ -371,7 +404,7 @@ def build(studio: Studio):
 
     return {"network": network, "info": info_md, "class_idx": class_idx, "on_load": on_load,
             "on_tab": do_refresh, "tab_inputs": [network, offered_first],
-            "load_outputs": [network, empty_md, offered_first], "on_network": on_network}
+            "load_outputs": refresh_outputs, "on_network": on_network, "tools": tools}
 
 
 def empty_update(studio: Studio, choices):

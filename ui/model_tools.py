@@ -37,8 +37,16 @@ def _path(studio: Studio, choices, label, what="network") -> Path:
     return studio.inside(path, what)
 
 
-def _stem(label: str) -> str:
-    """A short file-name part for a picker label: '00003-cats / network-snapshot-000840.pt' -> '00003-kimg000840'."""
+def _stem(label: str, path=None) -> str:
+    """A short file-name part for a picked network, from its file where known: a run's snapshot
+    runs/00003-cats/network-snapshot-000840.pt -> '00003-kimg000840', any other file -> its name without suffix;
+    else from the label ('00003-cats / network-snapshot-000840.pt' -> '00003-kimg000840')."""
+    if path is not None:
+        path = Path(path)
+        run = re.match(r"^(\d{5})-", path.parent.name)
+        if run and path.name.startswith("network-snapshot-"):
+            return safe_name(f"{run.group(1)}-{path.stem.replace('network-snapshot-', 'kimg')}", "network")
+        return safe_name(path.stem, "network")
     parts = str(label).split(" / ")
     name = Path(parts[-1]).stem.replace("network-snapshot-", "kimg")
     run = re.match(r"^(\d{5})-", parts[0]) if len(parts) > 1 else None
@@ -62,7 +70,7 @@ def export_network(studio: Studio, label: str, fmt: str, choices=_default_choice
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"choose an export format: {', '.join(EXPORT_FORMATS)}")
     src = _path(studio, choices, label)
-    out = studio.new_output_dir(f"export-{fmt}") / f"{_stem(label)}{_SUFFIX[fmt]}"
+    out = studio.new_output_dir(f"export-{fmt}") / f"{_stem(label, src)}{_SUFFIX[fmt]}"
     result = export(str(src), fmt, out, log=lambda *_: None)
     report = (f"Exported as {fmt}: {', '.join(p.name for p in result['paths'])}. Checked against the network: "
               f"max abs difference {result['max_abs_diff']:.3g}.")
@@ -77,7 +85,7 @@ def blend_networks(studio: Studio, label_a: str, label_b: str, split, mapping: s
     b = _path(studio, choices, label_b, "network B")
     if split in (None, ""):
         raise UserError("choose the split resolution: the highest resolution taken from network A")
-    out = _new_network_path(studio, f"blend-{_stem(label_a)}-{_stem(label_b)}-split{int(split)}")
+    out = _new_network_path(studio, f"blend-{_stem(label_a, a)}-{_stem(label_b, b)}-split{int(split)}")
     done = blend_files(str(a), str(b), int(split), out, mapping=mapping, log=lambda *_: None)
     report = (f"Blended: {span_text(done['from_a'])} from {label_a}, {span_text(done['from_b'])} from {label_b}, "
               f"the mapping network from {label_a if mapping == 'a' else label_b}. {_listed(out)}")
@@ -92,7 +100,7 @@ def average_networks(studio: Studio, labels, choices=_default_choices):
     if len(labels) < 2:
         raise UserError("pick at least two networks to average")
     paths = [str(_path(studio, choices, x)) for x in labels]
-    out = _new_network_path(studio, f"average-{len(paths)}-{_stem(labels[0])}")
+    out = _new_network_path(studio, f"average-{len(paths)}-{_stem(labels[0], paths[0])}")
     average_files(paths, out, log=lambda *_: None)
     return _label_of(studio, out, choices), str(out), f"Averaged {len(paths)} networks. {_listed(out)}"
 

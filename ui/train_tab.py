@@ -11,6 +11,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.train.expected import quality_text
+from engine.train import health
 from engine.train.presets import PRESETS
 from engine.train import runs as run_files
 from engine.train.runs import read_metrics, read_stats
@@ -20,7 +21,7 @@ from ui.data_tab import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor, settings_from_run
 
 AUGPIPES = ["bgc", "blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgcf", "bgcfn", "bgcfnc"]
-METRICS = ["none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
+METRICS = ["auto", "none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
 AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
@@ -285,7 +286,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                 with gr.Row():
                     mirror = gr.Checkbox(value=False, label="Mirror (x-flip) images")
                     cond = gr.Checkbox(value=False, label="Class-conditional")
-                metrics = gr.Dropdown(METRICS, value="none", label="Metrics at each snapshot")
+                metrics = gr.Dropdown(METRICS, value="auto", label="Metrics at each snapshot (auto: kid1k on a GPU)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 start_from = gr.Radio([START_SCRATCH, START_SNAPSHOT, START_UPLOAD], value=START_SCRATCH,
                                       label="Start from")
@@ -308,6 +309,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                                        allow_custom_value=True)
                 refresh_btn = gr.Button("Refresh", size="sm", scale=1)
             status = gr.HTML(status_html(None, []), elem_id="train-status")
+            health_md = gr.Markdown(elem_id="train-health")  # engine.train.health's warnings, on each refresh
             plot = gr.Plot(label="Curves", elem_id="train-plot")
             with gr.Row():
                 with gr.Column(scale=3):
@@ -557,6 +559,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
     timer.tick(watch, [run_pick, fakes_slider, seen], watch_outputs, api_name="train_watch",
                show_progress="hidden", concurrency_limit=None)
+    timer.tick(lambda name: health.as_markdown(health.check_run(v.run_dir)) if (v := chosen_view(name)) and v.run_dir
+               else "", run_pick, health_md, api_name="train_health", show_progress="hidden")
 
     def refresh_choices(current):
         # The chosen dataset stays (it may be the watched run's); only a missing one falls back to the first.

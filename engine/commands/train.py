@@ -18,7 +18,9 @@ def _bool(text):
 
 def _metric_list(text):
     items = [t.strip() for t in str(text).split(",") if t.strip()]
-    return [] if items in ([], ["none"]) else items
+    if items in ([], ["auto"]):
+        return []  # the default: quality tracking where it is cheap (engine/train/setup.py default_metrics)
+    return ["none"] if items == ["none"] else items
 
 
 def add_arguments(p):
@@ -66,7 +68,8 @@ def add_arguments(p):
     g.add_argument("--snap", type=int, metavar="TICKS", help="snapshot and image grid every TICKS ticks")
     g.add_argument("--tick", type=float, metavar="KIMG", help="kimg per tick (fractions allowed, e.g. 0.05)")
     g.add_argument("--metrics", type=_metric_list, default=[], metavar="LIST",
-                   help="metrics at each snapshot, e.g. fid50k_full,kid1k, or none (default none)")
+                   help="metrics at each snapshot, e.g. fid50k_full,kid1k, or none; default (auto): kid1k on a GPU "
+                        "when an Inception detector is installed and the dataset has 100+ images, none on the CPU")
     g.add_argument("--desc", metavar="TEXT", help="run folder name suffix instead of the generated one")
     g.add_argument("--progress", type=_bool, nargs="?", const=True, default=None, metavar="BOOL",
                    help="progress bar on the console (default: when it is a terminal)")

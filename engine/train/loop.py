@@ -656,7 +656,8 @@ def describe_run(cfg, G, D, num_images, env):
     return (f"run {Path(cfg.run_dir).name}: {num_images} images of {cfg.dataset.get('resolution')} px, "
             f"cfg {cfg.cfg}, batch {cfg.batch_size} ({env.world_size} process(es) x {cfg.batch_gpu} per step), "
             f"gamma {cfg.r1_gamma:g}, G {g_params / 1e6:.2f}M / D {d_params / 1e6:.2f}M parameters, "
-            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg")
+            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg"
+            + (f"\nnote: {cfg.metrics_note}" if getattr(cfg, "metrics_note", "") else ""))
 
 
 class Logger:

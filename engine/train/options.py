@@ -38,7 +38,7 @@ class TrainOptions:
     augpipe: str | None = None
     resume: str | None = None
     freezed: int = 0
-    metrics: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)  # [] = not given: quality tracking by default; ['none'] = off
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     allow_tf32: bool = False
     nobench: bool = False
@@ -108,6 +108,7 @@ class TrainConfig:
     progress: bool | None
     max_steps: int | None
     dataset: dict = field(default_factory=dict)
+    metrics_note: str = ""  # how the metrics were chosen when the user gave none (logged at the start)
 
     def to_dict(self):
         return dataclasses.asdict(self)

