@@ -62,6 +62,8 @@ def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=Fals
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
     f = f * (gain ** (f.ndim / 2))
+    if f.is_meta:
+        return f  # shapes only (a network laid out on the meta device to be measured before it is built)
     return f.to(device=device)
 
 
