@@ -207,7 +207,22 @@ def _file_size(path):
         return None
 
 
-def _check_against_file(layout, state, path, what):
+def network_layout(kind, kwargs, path, what):
+    """The state dict (meta tensors: shapes, no memory) of the network `kwargs` describe, after the settings
+    passed check_network_settings. UserError when they do not describe a network."""
+    nets = _nets()
+    cls = nets.Generator if kind == "G" else nets.Discriminator
+    kwargs = {k: v for k, v in dict(kwargs).items() if k not in _IGNORED_KWARGS}
+    check_network_settings(kwargs, path, what)
+    try:
+        with torch.device("meta"):
+            return cls(**kwargs).state_dict()
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ZeroDivisionError,
+            OverflowError) as e:
+        raise UserError(f"{path}: cannot build {what} from its recorded settings ({str(e)[:300]})") from None
+
+
+def _check_against_file(layout, path, what):
     """The network `layout` (a state dict of meta tensors) must fit in the file: at least one byte per value.
 
     Real files hold 2 (float16 export) or 4 bytes per value, so a network implied by settings that is larger
@@ -233,14 +248,8 @@ def build_network(kind, kwargs, state, path, what, fill_missing=()):
     nets = _nets()
     cls = nets.Generator if kind == "G" else nets.Discriminator
     kwargs = {k: v for k, v in dict(kwargs).items() if k not in _IGNORED_KWARGS}
-    check_network_settings(kwargs, path, what)
-    try:
-        with torch.device("meta"):
-            layout = cls(**kwargs).state_dict()
-    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ZeroDivisionError,
-            OverflowError) as e:
-        raise UserError(f"{path}: cannot build {what} from its recorded settings ({str(e)[:300]})") from None
-    _check_against_file(layout, state, path, what)
+    layout = network_layout(kind, kwargs, path, what)
+    _check_against_file(layout, path, what)
     state = dict(state)
     missing = [k for k in layout if k not in state and not k.endswith(tuple(fill_missing))]
     unexpected = [k for k in state if k not in layout]
