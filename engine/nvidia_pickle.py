@@ -363,8 +363,12 @@ def resolve_global(module, name):
     raise UnsafeGlobalError(f"{module}.{name}")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves globals only through the allow-list above."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """pickle's unpickler that resolves globals only through the allow-list above.
+
+    Built on the pure-Python unpickler, whose memo is a dict: the C one grows an array to the largest memo index
+    a file names, so that 9 bytes (one PUT with index 2**25) allocate 512 MB.
+    """
 
     # No persistent_load here: a plain pickle with persistent ids is refused by pickle itself, and torch.load
     # assigns its own for its archive formats.

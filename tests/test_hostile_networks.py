@@ -69,6 +69,13 @@ def make_bytearray(d):
     return p
 
 
+def make_memo_index(d):
+    # One PUT whose memo index is 2**26: a memo array grown to the index would take 1 GB.
+    p = d / "memo.pkl"
+    p.write_bytes(b"\x80\x02Nr" + (1 << 26).to_bytes(4, "little") + b".")
+    return p
+
+
 def make_codecs_encode(d):
     p = d / "codecs.pkl"
     p.write_bytes(pickle.dumps({"G_ema": _Call(_codecs.encode, (_shared_list(12), "latin1"))}, protocol=2))
@@ -142,6 +149,7 @@ def make_expanded(d):
 
 CASES = {
     "bytearray": (make_bytearray, r"bytearray from a int"),
+    "memo_index": (make_memo_index, r"is not a network file \(no generator found in it\)"),
     "codecs_encode": (make_codecs_encode, r"_codecs.encode of a list, not of text"),
     "numpy_scalar": (make_numpy_scalar, r"numpy scalar whose data is not bytes"),
     "numpy_placeholder": (make_numpy_placeholder, r"numpy array placeholder of shape"),
@@ -244,7 +252,7 @@ def test_real_network_shapes_pass_the_limits(tmp_path, name):
     kind, kwargs, file_size = REAL_NETWORKS[name]
     path = _sparse_file(tmp_path / "net.pkl", file_size)
     layout = network_layout(kind, kwargs, path, kind)  # raises UserError if a limit refused the settings
-    assert all(t.is_meta for t in layout.values())  # measured, not built
+    assert sum(t.numel() for t in layout.values() if not t.is_meta) < 1000  # measured, not built
     values = sum(t.numel() for t in layout.values())
     assert values * 4 < file_size  # a float32 copy of it fits in the real file
     _check_against_file(layout, path, kind)
