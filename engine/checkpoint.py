@@ -457,8 +457,8 @@ def _load_studio(data, path, device):
         "G_ema": _finish(nets["G_ema"], device, True),
         "augment_p": float(augment["p"]) if augment and augment.get("p") is not None else None,
         "augment_kwargs": augment.get("kwargs") if augment else None,
-        "progress": data.get("progress"),
-        "dataset": data.get("dataset"),
+        "progress": data.get("progress") if isinstance(data.get("progress"), dict) else None,
+        "dataset": data.get("dataset") if isinstance(data.get("dataset"), dict) else None,
         "source": "studio",
         "snapshot": data,
     }

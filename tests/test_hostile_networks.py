@@ -76,18 +76,48 @@ def make_memo_index(d):
     return p
 
 
+class _StorageMarker:
+    pass
+
+
+class _LegacyPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        # torch's legacy format: ('storage', type, key, location, number of values, view); 2**30 floats claimed
+        return ("storage", torch.FloatStorage, "0", "cpu", 1 << 30, None) if isinstance(obj, _StorageMarker) else None
+
+
+def make_legacy_storage(d):
+    # torch's pre-zip format with a storage that claims 4 GB and holds 16 bytes.
+    buf = io.BytesIO()
+    for x in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                             "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(x, buf, protocol=2)
+    _LegacyPickler(buf, protocol=2).dump({"G_ema": _StorageMarker()})
+    pickle.dump(["0"], buf, protocol=2)
+    buf.write((4).to_bytes(8, "little") + bytes(16))
+    p = d / "legacy.pt"
+    p.write_bytes(buf.getvalue())
+    return p
+
+
 def make_codecs_encode(d):
     p = d / "codecs.pkl"
     p.write_bytes(pickle.dumps({"G_ema": _Call(_codecs.encode, (_shared_list(12), "latin1"))}, protocol=2))
     return p
 
 
+def _multiarray():
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:
+        from numpy.core import multiarray
+    return multiarray
+
+
 def make_numpy_scalar(d):
     import numpy as np
 
-    scalar = sys.modules["numpy.core.multiarray"].scalar if "numpy.core.multiarray" in sys.modules else None
-    from numpy._core.multiarray import scalar as scalar  # noqa: F811 (the name numpy 2 pickles)
-
+    scalar = _multiarray().scalar
     p = d / "npscalar.pkl"
     p.write_bytes(pickle.dumps(_Call(scalar, (np.dtype("float32"), 1 << 33)), protocol=4))
     return p
@@ -95,8 +125,8 @@ def make_numpy_scalar(d):
 
 def make_numpy_placeholder(d):
     import numpy as np
-    from numpy._core.multiarray import _reconstruct
 
+    _reconstruct = _multiarray()._reconstruct
     p = d / "npshape.pkl"
     p.write_bytes(pickle.dumps(_Call(_reconstruct, (np.ndarray, (1 << 20, 1 << 14), b"b")), protocol=4))
     return p
@@ -150,6 +180,8 @@ def make_expanded(d):
 CASES = {
     "bytearray": (make_bytearray, r"bytearray from a int"),
     "memo_index": (make_memo_index, r"is not a network file \(no generator found in it\)"),
+    "legacy_storage": (make_legacy_storage, r"is not a network file that can be read \(RuntimeError: storage has "
+                                            r"wrong byte size"),
     "codecs_encode": (make_codecs_encode, r"_codecs.encode of a list, not of text"),
     "numpy_scalar": (make_numpy_scalar, r"numpy scalar whose data is not bytes"),
     "numpy_placeholder": (make_numpy_placeholder, r"numpy array placeholder of shape"),
