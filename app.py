@@ -156,8 +156,9 @@ def parse_args(argv=None):
 
 def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
     """Build the dashboard for `studio` and start serving it without blocking; returns the Blocks."""
-    from ui.common import ASSETS
+    from starlette.middleware import Middleware
 
+    from ui.common import ASSETS
     from ui.data_tab import remove_stale_uploads
 
     remove_stale_uploads(studio)
@@ -165,8 +166,6 @@ def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
     css = (ASSETS / "style.css").read_text("utf-8") if (ASSETS / "style.css").is_file() else None
     # Several visitors generating at once wait their turn instead of competing for one device.
     demo.queue(default_concurrency_limit=1, max_size=64)
-    from starlette.middleware import Middleware
-
     demo.launch(server_name=host, server_port=port, auth=auth, share=False, css=css,
                 app_kwargs={"middleware": [Middleware(FileGuard)]},
                 allowed_paths=[str(studio.workdir), str(ASSETS)], max_file_size=f"{studio.max_upload_mb}mb",

@@ -189,7 +189,11 @@ def build(studio: Studio):
             source_arg = "emoji"
         elif src == SRC_UPLOAD:
             _remove_upload_folders(studio, ds_name)  # a stale folder of an earlier attempt must not mix in
-            source_arg = _source_from_upload(studio, files, ds_name)
+            try:
+                source_arg = _source_from_upload(studio, files, ds_name)
+            except BaseException:
+                _remove_upload_folders(studio, ds_name)  # e.g. the second of two zips was refused
+                raise
         elif src == SRC_FOLDER:
             if studio.shared:
                 raise UserError("reading folders on the server is switched off for shared dashboards; upload a zip")
