@@ -29,9 +29,10 @@ def build_app(studio, sup=None):
         if v.sec_per_kimg:
             speed = f"Your run {v.name} went at {float(v.sec_per_kimg):.1f} s per kimg."
             break
-    with gr.Blocks(title="StyleGAN Studio", analytics_enabled=False) as demo:
+    # Gradio's own copies of uploads are purged after a day (checked hourly): what is kept is copied to the workdir.
+    with gr.Blocks(title="StyleGAN Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         with gr.Row(elem_id="studio-header"):
-            gr.HTML("<div class='studio-title'><img src='/gradio_api/file=" + str(ROOT / "assets" / "logo.svg") +
+            gr.HTML("<div class='studio-title'><img src='" + _logo_data_url() +
                     "' alt='' class='studio-logo'/><span>StyleGAN Studio</span></div>"
                     + ("<span class='studio-badge'>shared</span>" if studio.shared else ""))
         with gr.Accordion("Getting started", open=not guide.has_history(studio), elem_id="guide") as guide_box:
@@ -64,6 +65,67 @@ def build_app(studio, sup=None):
     return demo
 
 
+def _logo_data_url() -> str:
+    # Inlined so that the page (and /config) never carries the app's folder in a file URL.
+    import base64
+
+    p = ROOT / "assets" / "logo.svg"
+    data = p.read_bytes() if p.is_file() else b""
+    return "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+
+
+# Types a browser would run or render as a page of this origin: a file of the workdir is never served as one.
+_ACTIVE_TYPES = ("text/html", "image/svg", "application/xhtml", "text/xml", "application/xml", "text/javascript",
+                 "application/javascript", "application/x-javascript", "application/ecmascript", "text/ecmascript",
+                 "application/wasm", "text/vtt", "application/pdf", "multipart/", "text/xsl")
+
+
+class FileGuard:
+    """ASGI middleware for gradio's file routes (/file=..., /file/...).
+
+    Everything served from them may come from a visitor (uploads, datasets, outputs), so each response says
+    `nosniff` and carries a sandboxing Content-Security-Policy; one whose type a browser would render as an active
+    document (SVG, HTML, XML, scripts) is sent as an attachment of type application/octet-stream instead.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or not _is_file_route(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+
+        async def guarded_send(message):
+            if message.get("type") == "http.response.start":
+                message = dict(message)
+                message["headers"] = _guard_headers(list(message.get("headers") or []))
+            await send(message)
+
+        return await self.app(scope, receive, guarded_send)
+
+
+def _is_file_route(path: str) -> bool:
+    return "/file=" in path or "/file/" in path
+
+
+def _guard_headers(headers):
+    drop = {b"x-content-type-options", b"content-security-policy"}
+    ctype = b""
+    for k, v in headers:
+        if k.lower() == b"content-type":
+            ctype = v.lower()
+    active = any(ctype.startswith(t.encode()) for t in _ACTIVE_TYPES) or b"xml" in ctype or b"script" in ctype
+    if active:
+        drop |= {b"content-type", b"content-disposition"}
+    out = [(k, v) for k, v in headers if k.lower() not in drop]
+    out.append((b"x-content-type-options", b"nosniff"))
+    out.append((b"content-security-policy", b"sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'"))
+    if active:
+        out.append((b"content-type", b"application/octet-stream"))
+        out.append((b"content-disposition", b"attachment"))
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python app.py", description="StyleGAN Studio dashboard")
     p.add_argument("--host", default="127.0.0.1",
@@ -90,13 +152,18 @@ def parse_args(argv=None):
 
 def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
     """Build the dashboard for `studio` and start serving it without blocking; returns the Blocks."""
-    from ui.common import ASSETS
+    from starlette.middleware import Middleware
 
+    from ui.common import ASSETS
+    from ui.data_tab import remove_stale_uploads
+
+    remove_stale_uploads(studio)
     demo = build_app(studio)
     css = (ASSETS / "style.css").read_text("utf-8") if (ASSETS / "style.css").is_file() else None
     # Several visitors generating at once wait their turn instead of competing for one device.
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.launch(server_name=host, server_port=port, auth=auth, share=False, css=css,
+                app_kwargs={"middleware": [Middleware(FileGuard)]},
                 allowed_paths=[str(studio.workdir), str(ASSETS)], max_file_size=f"{studio.max_upload_mb}mb",
                 show_error=False, prevent_thread_lock=True, favicon_path=_favicon(), quiet=quiet)
     return demo

@@ -16,6 +16,7 @@ What comes out:
 import _compat_pickle
 import collections
 import io
+import os
 import pickle
 import zipfile
 
@@ -51,7 +52,11 @@ class PersistentObject:
             raise pickle.UnpicklingError("persistent object without a metadata dict")
         if meta.get("type", "class") != "class":
             raise pickle.UnpicklingError(f"unsupported persistent object type {meta.get('type')!r}")
-        self.class_name = str(meta.get("class_name", ""))
+        name = meta.get("class_name", "")
+        # str() of an arbitrary unpickled object can cost time and memory without bound: names must be text.
+        if not isinstance(name, str) or len(name) > 256:
+            raise pickle.UnpicklingError("persistent object whose class name is not a short string")
+        self.class_name = name
         self.version = meta.get("version")
         self.module_src = meta.get("module_src") if isinstance(meta.get("module_src"), str) else ""
         state = meta.get("state")
@@ -84,6 +89,19 @@ def _module_stand_in(name):
     return type(name, (ModuleStandIn,), {"class_name": name})
 
 
+def _text(value):
+    # Names are text in every real file; str() of another unpickled object could be made arbitrarily expensive.
+    return value[:256] if isinstance(value, str) else f"<{type(value).__name__}>"
+
+
+# The deepest module nesting a real network has is 4-5 levels; far more is a crafted file.
+MAX_MODULE_DEPTH = 64
+
+
+class ModuleGraphError(ValueError):
+    """The module tree of a network file is cyclic or absurdly deep (the message completes 'the file ...')."""
+
+
 class TFNetwork:
     """A `dnnlib.tflib.network.Network` of the TensorFlow era: only its recorded state is kept.
 
@@ -101,7 +119,7 @@ class TFNetwork:
 
     @property
     def name(self):
-        return str(self.state.get("name", ""))
+        return _text(self.state.get("name", ""))
 
     @property
     def static_kwargs(self):
@@ -114,7 +132,7 @@ class TFNetwork:
 
     @property
     def build_func_name(self):
-        return str(self.state.get("build_func_name", ""))
+        return _text(self.state.get("build_func_name", ""))
 
     @property
     def variables(self):
@@ -123,13 +141,22 @@ class TFNetwork:
     def all_variables(self):
         """{name: np.ndarray} of this network and its components, component names prefixed with 'name/'."""
         out = {}
+        on_path = set()
 
         def visit(prefix, net):
-            for name, value in net.variables:
-                out[prefix + str(name)] = np.asarray(value)
+            if id(net) in on_path or len(on_path) >= MAX_MODULE_DEPTH:
+                raise ModuleGraphError(f"its TF network {_text(net.name)!r} contains itself or is nested more "
+                                       f"than {MAX_MODULE_DEPTH} levels deep")
+            on_path.add(id(net))
+            for entry in net.variables:
+                if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+                        and isinstance(entry[1], np.ndarray)):
+                    raise pickle.UnpicklingError("TF network variable that is not a (name, array) pair")
+                out[prefix + entry[0]] = entry[1]
             for comp_name, comp in net.components.items():
                 if isinstance(comp, TFNetwork):
-                    visit(prefix + str(comp_name) + "/", comp)
+                    visit(prefix + _text(comp_name) + "/", comp)
+            on_path.discard(id(net))
 
         visit("", self)
         return out
@@ -146,11 +173,50 @@ def _reconstruct_persistent_obj(meta):
     return PersistentObject(meta)
 
 
+# torch.save writes its archives uncompressed; a compressed record may shrink a little, never by more than this.
+MAX_ZIP_EXPANSION = 16
+
+
+def check_zip_expansion(source, what):
+    """Refuse a zip archive whose records would inflate to more than MAX_ZIP_EXPANSION x its own size.
+
+    source: a path or a seekable binary file object (left at its start). Sizes are read from the central
+    directory before anything is inflated; the zip reader then checks each record against its recorded size.
+    Raises ValueError naming `what`.
+    """
+    if hasattr(source, "seek"):
+        source.seek(0, io.SEEK_END)
+        size = source.tell()
+        source.seek(0)
+    else:
+        size = os.path.getsize(source)
+    try:
+        with zipfile.ZipFile(source) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{what} is a damaged zip archive ({e})") from None
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_ZIP_EXPANSION * max(info.compress_size, 1):
+            raise ValueError(f"{what}: record {_text(info.filename)!r} would inflate from {info.compress_size:,} to "
+                             f"{info.file_size:,} bytes")
+        total += info.file_size
+    limit = MAX_ZIP_EXPANSION * size + (1 << 20)
+    if total > limit:
+        raise ValueError(f"{what} would inflate from {size:,} to {total:,} bytes (more than {MAX_ZIP_EXPANSION}x)")
+
+
 def _load_from_bytes(b):
     if not isinstance(b, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload is not bytes")
+    payload = io.BytesIO(bytes(b))
+    if bytes(b[:4]) == b"PK\x03\x04":
+        check_zip_expansion(payload, "a storage inside the file")
     # The payload is itself a torch.save archive; torch's weights-only loader keeps the restriction intact.
-    storage = torch.load(io.BytesIO(bytes(b)), weights_only=True, map_location="cpu")
+    storage = torch.load(payload, weights_only=True, map_location="cpu")
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError("storage payload did not hold a storage")
     return storage
@@ -191,6 +257,10 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks=None, stat
 def _numpy_reconstruct(subtype, shape, dtype):
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError("only plain numpy arrays are accepted")
+    # numpy pickles an array as an empty one plus __setstate__ with the data: the shape here is always tiny.
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if len(shape) > 32 or not all(isinstance(n, int) and 0 <= n <= 64 for n in shape):
+        raise pickle.UnpicklingError(f"numpy array placeholder of shape {list(shape)[:8]}")
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -201,6 +271,8 @@ def _numpy_frombuffer(buf, dtype, shape, order):
 def _numpy_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise pickle.UnpicklingError("only numeric numpy scalars are accepted")
+    if not isinstance(data, (bytes, bytearray)):  # bytes(N) of a number would allocate N bytes
+        raise pickle.UnpicklingError("numpy scalar whose data is not bytes")
     return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
 
 
@@ -212,10 +284,24 @@ def _copyreg_reconstructor(cls, base, state):
 
 
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
-    # Protocol 2 writes bytes as latin-1 text; no other codec has a business in a network file.
-    if str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise UnsafeGlobalError(f"_codecs.encode({encoding!r})")
-    return str(obj).encode("latin-1")
+    # Protocol 2 writes bytes as latin-1 text; no other codec has a business in a network file. Only text is
+    # encoded: str() of another object could be made to cost any amount of time and memory.
+    if not isinstance(encoding, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise UnsafeGlobalError(f"_codecs.encode({_text(encoding)!r})")
+    if not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"_codecs.encode of a {type(obj).__name__}, not of text")
+    return obj.encode("latin-1")
+
+
+def _bytearray(source=b"", encoding=None, errors=None):
+    # bytearray(N) would allocate N zero bytes from a few bytes of file: only copies of data in the file are made.
+    if isinstance(source, str):
+        if encoding is None or _text(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError("bytearray from text in an encoding other than latin-1")
+        return bytearray(source, "latin-1")
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    raise pickle.UnpicklingError(f"bytearray from a {type(source).__name__}, not from bytes in the file")
 
 
 _NUMPY_SCALAR = {"scalar": _numpy_scalar, "_reconstruct": _numpy_reconstruct}
@@ -245,7 +331,7 @@ _ALLOWED = {
     ("builtins", "object"): object,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
 }
@@ -277,8 +363,12 @@ def resolve_global(module, name):
     raise UnsafeGlobalError(f"{module}.{name}")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves globals only through the allow-list above."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """pickle's unpickler that resolves globals only through the allow-list above.
+
+    Built on the pure-Python unpickler, whose memo is a dict: the C one grows an array to the largest memo index
+    a file names, so that 9 bytes (one PUT with index 2**25) allocate 512 MB.
+    """
 
     # No persistent_load here: a plain pickle with persistent ids is refused by pickle itself, and torch.load
     # assigns its own for its archive formats.
@@ -314,6 +404,7 @@ def read_pickle(path):
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+        check_zip_expansion(path, "the archive")
         return _torch_load_restricted(path)
     with open(path, "rb") as f:
         obj = RestrictedUnpickler(f).load()
@@ -361,14 +452,26 @@ def class_name(obj):
     return getattr(obj, "class_name", type(obj).__name__)
 
 
-def iter_modules(obj, prefix=""):
-    """Yield (dotted name, stand-in) for `obj` and every module below it, parents first."""
+def iter_modules(obj, prefix="", _on_path=None):
+    """Yield (dotted name, stand-in) for `obj` and every module below it, parents first.
+
+    Raises ModuleGraphError for a module that contains itself or nesting deeper than MAX_MODULE_DEPTH.
+    """
+    on_path = set() if _on_path is None else _on_path
+    if id(obj) in on_path:
+        raise ModuleGraphError(f"its module {prefix or '(top)'} contains itself")
+    if len(on_path) >= MAX_MODULE_DEPTH:
+        raise ModuleGraphError(f"its modules are nested more than {MAX_MODULE_DEPTH} levels deep")
     yield prefix, obj
     children = module_state(obj).get("_modules") or {}
+    if not isinstance(children, dict):
+        raise ModuleGraphError(f"module {prefix or '(top)'} lists its children in a {type(children).__name__}")
+    on_path.add(id(obj))
     for name, child in children.items():
         if child is None:
             continue
-        yield from iter_modules(child, f"{prefix}.{name}" if prefix else str(name))
+        yield from iter_modules(child, f"{prefix}.{_text(name)}" if prefix else _text(name), on_path)
+    on_path.discard(id(obj))
 
 
 def flat_state_dict(obj):
@@ -382,9 +485,19 @@ def flat_state_dict(obj):
                 if value is None or (kind == "_buffers" and name in non_persistent):
                     continue
                 if not isinstance(value, torch.Tensor):
-                    raise UserError(f"network tensor {prefix}.{name} is not a tensor")
-                out[f"{prefix}.{name}" if prefix else str(name)] = value.detach()
+                    raise UserError(f"network tensor {prefix}.{_text(name)} is not a tensor")
+                full = f"{prefix}.{_text(name)}" if prefix else _text(name)
+                check_tensor_data(value, full)
+                out[full] = value.detach()
     return out
+
+
+def check_tensor_data(value, name):
+    """Refuse a tensor that claims more values than its data holds (a stride-0 view of a few bytes posing as a
+    large weight): every later copy of it would allocate memory the file never paid for."""
+    need = value.numel() * value.element_size()
+    if need and need > value.untyped_storage().nbytes():
+        raise ValueError(f"tensor {name} of shape {list(value.shape)} claims more values than its data holds")
 
 
 def init_arguments(obj):
@@ -395,14 +508,30 @@ def init_arguments(obj):
     return tuple(args), to_plain(dict(kwargs))
 
 
-def to_plain(value):
-    """Nested dicts/lists/tuples/numpy scalars -> plain Python values (dicts, lists, numbers, strings, None)."""
+# Settings are a few dozen values; a pickle can share one list many times over so that copying it explodes.
+MAX_PLAIN_NODES = 100_000
+MAX_PLAIN_DEPTH = 32
+
+
+def to_plain(value, _budget=None, _depth=0):
+    """Nested dicts/lists/tuples/numpy scalars -> plain Python values (dicts, lists, numbers, strings, None).
+
+    Raises ValueError past MAX_PLAIN_NODES values or MAX_PLAIN_DEPTH levels (shared or cyclic references).
+    """
+    budget = [MAX_PLAIN_NODES] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0 or _depth > MAX_PLAIN_DEPTH:
+        raise ValueError("settings that are nested too deeply or hold too many values (shared or cyclic "
+                         "references)")
     if isinstance(value, dict):
-        return {str(k): to_plain(v) for k, v in value.items()}
+        return {_text(k) if not isinstance(k, (int, float)) else str(k): to_plain(v, budget, _depth + 1)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
+        return [to_plain(v, budget, _depth + 1) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
+        if value.size > 1024 or value.dtype.hasobject:
+            raise ValueError(f"a setting is an array of {value.size} {value.dtype} values")
         return value.tolist()
     return value

@@ -70,14 +70,14 @@ def generator_state(variables, resolution):
         m = None
         if name == "dlatent_avg":
             state["mapping.w_avg"] = np.asarray(value)
-        elif m := re.fullmatch(r"mapping/Dense(\d+)/(weight|bias)", name):
+        elif m := re.fullmatch(r"mapping/Dense(\d{1,4})/(weight|bias)", name):
             key = f"mapping.fc{int(m[1])}.{m[2]}"
             state[key] = dense_weight(value) if m[2] == "weight" else np.asarray(value)
         elif m := re.fullmatch(r"mapping/LabelEmbed/(weight|bias)", name):
             state[f"mapping.embed.{m[1]}"] = dense_weight(value) if m[1] == "weight" else np.asarray(value)
         elif name == "synthesis/4x4/Const/const":
             state["synthesis.b4.const"] = np.asarray(value)[0]
-        elif m := re.fullmatch(r"synthesis/noise(\d+)", name):
+        elif m := re.fullmatch(r"synthesis/noise(\d{1,4})", name):
             k = int(m[1])
             if k == 0:
                 path = "synthesis.b4.conv1"
@@ -86,7 +86,7 @@ def generator_state(variables, resolution):
             else:
                 path = f"synthesis.b{2 ** ((k + 4) // 2)}.conv1"
             state[f"{path}.noise_const"] = np.asarray(value)[0, 0]
-        elif m := re.fullmatch(r"synthesis/(\d+)x(\d+)/(Conv|Conv0_up|Conv1|ToRGB|Skip)/"
+        elif m := re.fullmatch(r"synthesis/(\d{1,4})x(\d{1,4})/(Conv|Conv0_up|Conv1|ToRGB|Skip)/"
                                 r"(weight|bias|noise_strength|mod_weight|mod_bias)", name):
             at_4x4 = m[1] == "4"
             if m[1] != m[2] or (m[3] == "Conv" and not at_4x4) or (m[3] in ("Conv0_up", "Conv1", "Skip") and at_4x4):
@@ -94,7 +94,7 @@ def generator_state(variables, resolution):
             skip_layers |= m[3] == "Skip"
             key, arr = _g_layer_param(f"synthesis.b{int(m[1])}.{_G_LAYERS[m[3]]}", m[3], m[4], value)
             state[key] = arr
-        elif m := re.fullmatch(r"synthesis/ToRGB_lod(\d+)/(weight|bias|mod_weight|mod_bias)", name):
+        elif m := re.fullmatch(r"synthesis/ToRGB_lod(\d{1,4})/(weight|bias|mod_weight|mod_bias)", name):
             torgb_lod = True
             r = 2 ** (res_log2 - int(m[1]))
             key, arr = _g_layer_param(f"synthesis.b{r}.torgb", "ToRGB", m[2], value)
@@ -120,7 +120,7 @@ def discriminator_state(variables, resolution):
     res_log2 = _log2(resolution, "resolution")
     for name, value in variables.items():
         m = None
-        if m := re.fullmatch(r"(\d+)x(\d+)/(FromRGB|Conv0|Conv1_down|Skip)/(weight|bias)", name):
+        if m := re.fullmatch(r"(\d{1,4})x(\d{1,4})/(FromRGB|Conv0|Conv1_down|Skip)/(weight|bias)", name):
             if m[1] != m[2]:
                 raise UserError(f"TF network variable {name!r} is not a StyleGAN2 discriminator variable")
             key = f"b{int(m[1])}.{_D_LAYERS[m[3]]}.{m[4]}"
@@ -133,9 +133,9 @@ def discriminator_state(variables, resolution):
             state[f"b4.out.{m[1]}"] = dense_weight(value) if m[1] == "weight" else np.asarray(value)
         elif m := re.fullmatch(r"LabelEmbed/(weight|bias)", name):
             state[f"mapping.embed.{m[1]}"] = dense_weight(value) if m[1] == "weight" else np.asarray(value)
-        elif m := re.fullmatch(r"Mapping(\d+)/(weight|bias)", name):
+        elif m := re.fullmatch(r"Mapping(\d{1,4})/(weight|bias)", name):
             state[f"mapping.fc{int(m[1])}.{m[2]}"] = dense_weight(value) if m[2] == "weight" else np.asarray(value)
-        elif m := re.fullmatch(r"FromRGB_lod(\d+)/(weight|bias)", name):
+        elif m := re.fullmatch(r"FromRGB_lod(\d{1,4})/(weight|bias)", name):
             fromrgb_lod = True
             r = 2 ** (res_log2 - int(m[1]))
             state[f"b{r}.fromrgb.{m[2]}"] = conv_weight(value) if m[2] == "weight" else np.asarray(value)
@@ -171,7 +171,7 @@ def generator_kwargs(static_kwargs, state, facts):
     z_dim = int(_kw(kw, "latent_size", 512))
     w_dim = int(_kw(kw, "dlatent_size", 512))
     c_dim = int(_kw(kw, "label_size", 0))
-    fc_ids = sorted(int(k.split(".")[1][2:]) for k in state if re.fullmatch(r"mapping\.fc\d+\.weight", k))
+    fc_ids = sorted(int(k.split(".")[1][2:]) for k in state if re.fullmatch(r"mapping\.fc\d{1,4}\.weight", k))
     if not fc_ids:
         raise UserError("TF generator has no mapping network variables")
     # Structural facts are read from the weights themselves: static kwargs often omit defaults.
@@ -236,7 +236,7 @@ def discriminator_kwargs(static_kwargs, state, facts):
     cmap_dim = None
     if c_dim > 0:
         cmap_dim = int(state["b4.out.weight"].shape[0])
-    map_ids = [k for k in state if re.fullmatch(r"mapping\.fc\d+\.weight", k)]
+    map_ids = [k for k in state if re.fullmatch(r"mapping\.fc\d{1,4}\.weight", k)]
     mapping_kwargs = {"num_layers": len(map_ids), "lr_multiplier": float(_kw(kw, "mapping_lrmul", 0.1))}
     if "mapping.embed.weight" in state:
         mapping_kwargs["embed_features"] = int(state["mapping.embed.weight"].shape[0])

@@ -191,7 +191,12 @@ def build(studio: Studio):
         if src == SRC_EMOJI:
             source_arg = "emoji"
         elif src == SRC_UPLOAD:
-            source_arg = _source_from_upload(studio, files, ds_name)
+            _remove_upload_folders(studio, ds_name)  # a stale folder of an earlier attempt must not mix in
+            try:
+                source_arg = _source_from_upload(studio, files, ds_name)
+            except BaseException:
+                _remove_upload_folders(studio, ds_name)  # e.g. the second of two zips was refused
+                raise
         elif src == SRC_FOLDER:
             if studio.shared:
                 raise UserError("reading folders on the server is switched off for shared dashboards; upload a zip")
@@ -206,11 +211,17 @@ def build(studio: Studio):
             if total:
                 progress((int(done), int(total)), desc="Preparing images", unit="images")
 
-        result = call_supported(
-            prepare, source_arg, str(dest), resolution=int(res), transform=tfm,
-            channels=1 if ch == "Grayscale" else 3, labels=LABELS.get(lab, "none"),
-            max_images=int(max_n) if max_n else None, shuffle_seed=0 if max_n else None, dedupe=bool(dd),
-            progress=report)
+        try:
+            result = call_supported(
+                prepare, source_arg, str(dest), resolution=int(res), transform=tfm,
+                channels=1 if ch == "Grayscale" else 3, labels=LABELS.get(lab, "none"),
+                max_images=int(max_n) if max_n else None, shuffle_seed=0 if max_n else None, dedupe=bool(dd),
+                progress=report)
+        finally:
+            # The prepared dataset holds what it needs; the uploaded originals (which a visitor chose and the
+            # file routes could serve) are not kept, whether prepare succeeded or not.
+            if src == SRC_UPLOAD:
+                _remove_upload_folders(studio, ds_name)
         info = dataset_summary(dest)
         grid = _preview(preview_grid, dest, info)
         rows = _skipped_rows(result, dest)
@@ -286,6 +297,28 @@ def _dataset_path(studio: Studio, name: str) -> Path:
     if not path.exists() or path.parent != studio.datasets_dir:
         raise UserError(f"dataset not found: {safe}")
     return path
+
+
+def _upload_folders(studio: Studio, ds_name: str):
+    return [studio.uploads_dir / f"{ds_name}-source", studio.uploads_dir / f"{ds_name}-images"]
+
+
+def _remove_upload_folders(studio: Studio, ds_name: str) -> None:
+    for folder in _upload_folders(studio, ds_name):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_uploads(studio: Studio) -> list:
+    """Remove dataset uploads left in uploads/ by a prepare that never finished (the app stopped mid-way).
+
+    Only folders named <dataset>-source / <dataset>-images are touched; uploaded networks stay. Returns them.
+    """
+    removed = []
+    for folder in sorted(studio.uploads_dir.glob("*")):
+        if folder.is_dir() and not folder.is_symlink() and folder.name.endswith(("-source", "-images")):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _source_from_upload(studio: Studio, files, ds_name: str) -> str:

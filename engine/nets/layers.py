@@ -47,7 +47,9 @@ class FullyConnectedLayer(torch.nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        # In place: the same values, and on the meta device (networks measured before they are built) an in-place
+        # division needs none of the Python decompositions an out-of-place one sets up on first use.
+        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]).div_(lr_multiplier))
         self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / np.sqrt(in_features)
         self.bias_gain = lr_multiplier

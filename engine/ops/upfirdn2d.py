@@ -46,7 +46,9 @@ def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=Fals
     A 1-D list becomes the 2-D outer product [fh, fw] unless `separable`; by default only long filters
     (8+ taps) are kept separable. normalize: divide by the sum. gain: total gain of the 2-D filter.
     """
-    f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32)
+    # Made on the CPU even inside a `with torch.device(...)` block: a network laid out on the meta device (to be
+    # measured before it is built) keeps its few filter taps real, and meta-device outer products are slow to set up.
+    f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32, device="cpu")
     if f.ndim not in (0, 1, 2) or f.numel() == 0:
         raise ValueError(f"filter must be a non-empty scalar, 1-D or 2-D array, got shape {list(f.shape)}")
     if f.ndim == 0:
