@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from engine.errors import UserError
-from engine.train import runs
+from engine import runs
 from engine.train.launch import train
 from polling import wait_for
 from train_helpers import make_dataset, tensors_equal, tiny_options

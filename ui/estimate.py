@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.train.runs import read_stats
+from engine.runs import read_stats
 from ui.common import ROOT, fmt_duration
 from ui.supervisor import Supervisor
 

@@ -44,7 +44,7 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
 
     Visitors pick labels; paths never come from the page, so nothing outside the workdir can be named.
     """
-    from engine.train.runs import snapshots_newest_first
+    from engine.runs import snapshots_newest_first
 
     out: OrderedDict[str, Path] = OrderedDict()
     extra: dict[str, Path] = {}

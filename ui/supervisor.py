@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
-from engine.train.runs import latest_snapshot
+from engine.runs import latest_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR_RE = re.compile(r"^\d{5}-")

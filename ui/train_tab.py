@@ -11,8 +11,8 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.train.presets import PRESETS
-from engine.train import runs as run_files
-from engine.train.runs import read_metrics, read_stats
+from engine import runs as run_files
+from engine.runs import read_metrics, read_stats
 from ui import charts, estimate
 from ui.common import Studio, fmt_duration, friendly
 from ui.data_tab import dataset_choices, dataset_summary

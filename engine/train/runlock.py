@@ -133,7 +133,7 @@ def _stale_candidates(run_dir):
 def sweep_outdir(outdir, own_run_dir=None):
     """Remove the temporaries that killed trainers left in the other run folders of `outdir` (runs that may never
     be resumed) -> [(name, bytes)]. A folder whose trainer is alive is left alone."""
-    from engine.train.runs import RUN_RE
+    from engine.runs import RUN_RE
 
     removed = []
     try:

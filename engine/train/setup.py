@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
-from engine.train import presets, runs
+from engine import runs
+from engine.train import presets
 from engine.train.options import TrainConfig, TrainOptions
 
 
