@@ -18,7 +18,6 @@ from engine.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 DEMO_NETWORK = ASSETS / "demo-network.pt"
-NETWORK_SUFFIXES = (".pt", ".pkl")
 
 log = logging.getLogger("studio")
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.runs import read_stats
+from engine.runs import read_options, read_stats
 from ui.common import ROOT, fmt_duration
 from ui.supervisor import Supervisor
 
@@ -104,10 +104,7 @@ def _sec_per_kimg(stats: list[dict]) -> float | None:
 
 
 def _run_facts(run_dir: Path, launch: dict | None) -> dict:
-    try:
-        opts = json.loads((run_dir / "training_options.json").read_text())
-    except (OSError, ValueError):
-        opts = {}
+    opts = read_options(run_dir) or {}
     cli = opts.get("cli") if isinstance(opts.get("cli"), dict) else {}
     cfg = (launch or {}).get("cfg") or cli.get("cfg") or opts.get("cfg")
     if cfg is None:

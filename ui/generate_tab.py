@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
+from engine.runs import NETWORK_SUFFIXES, is_network_file
 from ui.common import Studio, friendly, safe_name
 
 MAX_SEEDS = 256
@@ -59,7 +60,7 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
     up = studio.uploads_dir / UPLOAD_FOLDER
     if up.is_dir():
         for f in sorted(up.iterdir()):
-            if f.suffix.lower() in (".pt", ".pkl"):
+            if is_network_file(f):
                 out[f"uploaded / {f.name}"] = f
     if aliases:
         for k, v in extra.items():
@@ -184,7 +185,7 @@ def build(studio: Studio):
                                   allow_custom_value=True, scale=5)
             refresh_btn = gr.Button("Refresh list", size="sm", scale=1, elem_id="generate-refresh")
         with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
-            upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=[".pt", ".pkl"],
+            upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=list(NETWORK_SUFFIXES),
                              elem_id="generate-upload")
         info_md = gr.Markdown(elem_id="generate-info")
         with gr.Row():
@@ -259,7 +260,7 @@ def build(studio: Studio):
     def on_upload(f):
         if not f:
             return gr.skip(), gr.skip()
-        if Path(str(f)).suffix.lower() not in (".pt", ".pkl"):
+        if not is_network_file(f):
             raise UserError("a network file ends in .pt or .pkl")
         kept = studio.keep_upload(f, UPLOAD_FOLDER, "network file")
         label = f"uploaded / {kept.name}"

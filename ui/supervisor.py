@@ -23,10 +23,9 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
-from engine.runs import latest_snapshot
+from engine import runs as run_files
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR_RE = re.compile(r"^\d{5}-")
 
 
 def _read_json(path: Path):
@@ -160,9 +159,7 @@ class Supervisor:
         return is_training_process(pid, rec.get("started"))
 
     def _run_dirs(self) -> list[Path]:
-        if not self.runs_dir.is_dir():
-            return []
-        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and RUN_DIR_RE.match(p.name))
+        return run_files.run_dirs(self.runs_dir)
 
     def _attach_records(self) -> dict[str, dict]:
         """{run folder name: its newest launch record}, finding the folder of launches that did not know it yet.
@@ -172,7 +169,7 @@ class Supervisor:
         records = self._records()
         pending = [r for r in records if not r.get("run_dir") and not r.get("dismissed")]
         if pending:
-            dirs = [(d, _read_json(d / "status.json") or {}) for d in self._run_dirs()]
+            dirs = [(d, run_files.read_status(d) or {}) for d in self._run_dirs()]
             for r in pending:
                 for d, st in dirs:
                     pid = st.get("pid")
@@ -191,7 +188,7 @@ class Supervisor:
             if r.get("run_dir") or not self._alive(r):
                 continue
             for d in self._run_dirs():
-                if d.name not in by_run and not (d / "status.json").exists() and d.stat().st_mtime >= r["started"] - 2:
+                if d.name not in by_run and not run_files.has_status(d) and d.stat().st_mtime >= r["started"] - 2:
                     by_run[d.name] = r
                     break
         return by_run
@@ -203,7 +200,7 @@ class Supervisor:
         return self._view_of(run_dir, rec)
 
     def _view_of(self, run_dir: Path | None, rec: dict | None) -> RunView:
-        st = _read_json(run_dir / "status.json") if run_dir is not None else None
+        st = run_files.read_status(run_dir) if run_dir is not None else None
         st = st if isinstance(st, dict) else {}
         name = run_dir.name if run_dir is not None else f"(starting, pid {rec.get('pid')})"
         pid = st.get("pid") or (rec or {}).get("pid")
@@ -398,7 +395,7 @@ class Supervisor:
                 view = self.view(run_dir)
         if view.live:
             raise UserError(f"run {view.name} is still running; stop it before resuming")
-        snap = latest_snapshot(run_dir)
+        snap = run_files.latest_snapshot(run_dir)
         if snap is None:
             raise UserError(f"run {run_dir.name} has no snapshot to resume from yet")
         rec = view.launch
@@ -428,7 +425,7 @@ class Supervisor:
 
 def settings_from_run(run_dir: Path):
     """(data, cfg, options, total kimg) of a run started outside the dashboard, from training_options.json."""
-    opts = _read_json(run_dir / "training_options.json") or {}
+    opts = run_files.read_options(run_dir) or {}
     data, cfg, total = opts.get("data"), opts.get("cfg"), opts.get("total_kimg")
     if not data or not cfg or not total:
         raise UserError(f"run {run_dir.name} has no record of its dataset and length; resume it from the command line")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import statistics
 from pathlib import Path
 
@@ -44,14 +43,11 @@ def fakes_files(run_dir: Path | None) -> list[Path]:
 
 def run_short(name: str) -> str:
     """'00003' of '00003-emoji16-tiny': how the buttons name a run."""
-    return name.split("-", 1)[0] if name[:5].isdigit() else name
+    return run_files.run_number(name) or name
 
 
 def run_options(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "training_options.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return run_files.read_options(run_dir) or {}
 
 
 def best_fid(run_dir: Path) -> float | None:
@@ -290,7 +286,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                                       label="Start from")
                 snapshot = gr.Dropdown([], label="Snapshot", visible=False, elem_id="train-from-snapshot",
                                        allow_custom_value=True)
-                upload = gr.File(label="Network file (.pt or .pkl)", file_types=[".pt", ".pkl"], visible=False)
+                upload = gr.File(label="Network file (.pt or .pkl)", file_types=list(run_files.NETWORK_SUFFIXES),
+                                 visible=False)
                 freezed = gr.Number(value=0, precision=0, minimum=0, label="Freeze D's first N layers",
                                     visible=False)
                 force = gr.Checkbox(value=False, label="Run alongside a training already on this GPU")
@@ -446,7 +443,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         elif from_v == START_UPLOAD:
             if not upload_v:
                 raise UserError("upload the network file to start from (.pt or .pkl)")
-            if Path(str(upload_v)).suffix.lower() not in (".pt", ".pkl"):
+            if not run_files.is_network_file(upload_v):
                 raise UserError("a network file ends in .pt or .pkl")
             resume = studio.keep_upload(upload_v, "networks", "network file")
         options = {
@@ -573,5 +570,5 @@ def _grid_label(grids: list[Path], idx: int, stats: list[dict] | None = None) ->
         return "Grid (none yet)"
     name = grids[idx].name
     kimg = run_files.fakes_kimg(grids[idx], stats)
-    what = "before training" if name == "fakes_init.png" else f"at {kimg:.3f} kimg" if kimg is not None else name
+    what = "before training" if name == run_files.FAKES_INIT else f"at {kimg:.3f} kimg" if kimg is not None else name
     return f"Grid {idx + 1} of {len(grids)}: {what}"

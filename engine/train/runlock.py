@@ -133,13 +133,10 @@ def _stale_candidates(run_dir):
 def sweep_outdir(outdir, own_run_dir=None):
     """Remove the temporaries that killed trainers left in the other run folders of `outdir` (runs that may never
     be resumed) -> [(name, bytes)]. A folder whose trainer is alive is left alone."""
-    from engine.runs import RUN_RE
+    from engine.runs import run_dirs
 
     removed = []
-    try:
-        folders = [p for p in Path(outdir).iterdir() if RUN_RE.match(p.name) and p.is_dir()]
-    except OSError:
-        return removed
+    folders = run_dirs(outdir)
     own = Path(own_run_dir).resolve() if own_run_dir else None
     for folder in folders:
         if (own is not None and folder.resolve() == own) or not _stale_candidates(folder):

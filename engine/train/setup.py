@@ -100,7 +100,7 @@ def resolve_resume(options: TrainOptions, facts):
         try:
             snap = load_snapshot(path)
         except UserError as e:
-            in_run = (path.parent / "training_options.json").exists()
+            in_run = runs.is_run_folder(path.parent)
             if not in_run:
                 snap = None  # not ours: let load_network try (it gives the precise error)
             else:
@@ -116,7 +116,7 @@ def resolve_resume(options: TrainOptions, facts):
                 path, snap = good, good_snap
     if snap is not None and is_snapshot(snap):
         full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
-        in_run = (path.parent / "training_options.json").exists()
+        in_run = runs.is_run_folder(path.parent)
         if full and in_run and _same_dataset(snap.get("dataset") or {}, facts):
             return "continue", path, snap
     return "transfer", path, snap
