@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
+from engine.train.options import user_settings
 from engine import runs as run_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,14 +431,7 @@ def settings_from_run(run_dir: Path):
     if not data or not cfg or not total:
         raise UserError(f"run {run_dir.name} has no record of its dataset and length; resume it from the command line")
     # training_options.json holds the resolved numbers; pass the ones a user sets so the run goes on unchanged.
-    names = {"batch_size": "batch", "r1_gamma": "gamma", "snap": "snap", "kimg_per_tick": "tick", "mirror": "mirror",
-             "aug": "aug", "augpipe": "augpipe", "ada_target": "target", "seed": "seed", "cond": "cond"}
-    options = {flag: opts[key] for key, flag in names.items() if opts.get(key) is not None}
-    if opts.get("aug") == "fixed" and opts.get("aug_p") is not None:
-        options["p"] = opts["aug_p"]
-    metrics = opts.get("metrics")
-    options["metrics"] = ",".join(metrics) if isinstance(metrics, list) and metrics else "none"
-    return data, cfg, options, float(total)
+    return data, cfg, user_settings(opts), float(total)
 
 
 def _num(v):

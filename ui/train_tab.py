@@ -9,6 +9,8 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
+from engine.train import options as settings
+from engine.train.options import DEFAULT_AUGPIPE
 from engine.train.presets import PRESETS
 from engine import runs as run_files
 from engine.runs import read_metrics, read_stats
@@ -17,8 +19,9 @@ from ui.common import Studio, fmt_duration, friendly
 from ui.data_tab import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor, settings_from_run
 
-AUGPIPES = ["bgc", "blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgcf", "bgcfn", "bgcfnc"]
-METRICS = ["none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
+# The trainer's default pipe first: the menu opens on what a run gets without a choice.
+AUGPIPES = [DEFAULT_AUGPIPE] + [name for name in settings.AUGPIPES if name != DEFAULT_AUGPIPE]
+METRICS = list(settings.METRIC_CHOICES)
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
 AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
@@ -203,7 +206,7 @@ def form_values(v: RunView | None) -> dict | None:
         "dataset": Path(str(data)).name, "preset": cfg, "kimg": total,
         "batch": int(opts.get("batch") or 0), "gamma": float(opts.get("gamma") or 0),
         "snap": int(opts.get("snap") or 0), "tick": float(opts.get("tick") or 0),
-        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or "bgc",
+        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or DEFAULT_AUGPIPE,
         "p": float(opts["p"]) if opts.get("p") is not None else 0.2,
         "target": float(opts.get("target") or 0), "mirror": bool(int(opts.get("mirror") or 0)),
         "cond": bool(int(opts.get("cond") or 0)), "metrics": str(opts.get("metrics") or "none"),
@@ -273,7 +276,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                     tick = gr.Number(value=0, minimum=0, label="kimg per tick (0 = preset's)", elem_id="train-tick")
                 with gr.Row():
                     aug = gr.Radio(list(AUG_FLAG), value="ADA (adaptive)", label="Augmentation")
-                    augpipe = gr.Dropdown(AUGPIPES, value="bgc", label="Pipe")
+                    augpipe = gr.Dropdown(AUGPIPES, value=DEFAULT_AUGPIPE, label="Pipe")
                 with gr.Row():
                     p = gr.Number(value=0.2, minimum=0, maximum=1, label="p (for fixed augmentation)")
                     target = gr.Number(value=0, minimum=0, maximum=1, label="ADA target (0 = preset's, 0.6)")
