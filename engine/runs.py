@@ -9,9 +9,10 @@ half-written status gives None.
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
+
+from engine.fsutil import atomic_open, write_json_atomic  # noqa: F401  (write_json_atomic: the trainer's door)
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 # NVIDIA's names (KKKKKK = kimg, rounded down), or with _III (the images past that kimg, 000-999) for a second and
@@ -62,24 +63,6 @@ def is_run_folder(folder):
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path, data):
-    """Write JSON to a temporary file in the same folder and rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def append_jsonl(path, record):
@@ -157,11 +140,9 @@ def truncate_jsonl(path, keep):
     if not path.exists():
         return
     kept = [r for r in _read_jsonl(path) if keep(r)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path) as f:
         for r in kept:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 # -- reading ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.fsutil import write_json_atomic
 from engine.runs import read_options, read_stats
 from ui.common import ROOT, fmt_duration
 from ui.supervisor import Supervisor
@@ -178,10 +179,7 @@ def _save_warm_up(sup: Supervisor, est: Estimate) -> None:
     except (OSError, ValueError):
         saved = {}
     saved[_key(est.preset, est.resolution, est.size, est.batch)] = asdict(est)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(saved, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, saved, indent=1)
 
 
 def known(sup: Supervisor, resolution: int, size: int, preset: str, batch: int | None) -> Estimate | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
+from engine.fsutil import write_json_atomic
 from engine.train.options import user_settings
 from engine import runs as run_files
 
@@ -38,11 +39,7 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    # Written beside and renamed: a reader never sees half a record.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)  # a reader never sees half a record
 
 
 def tail(path: Path | None, lines: int = 30) -> str:

@@ -338,10 +338,9 @@ def read_verdict(name, device, dtype):
 
 
 def _write_verdict(path, v):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(v) + "\n")
-    os.replace(tmp, path)
+    from engine.fsutil import write_text_atomic
+
+    write_text_atomic(path, json.dumps(v) + "\n")
 
 
 def _isolated(device):
