@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from engine.fsutil import atomic_open, write_json_atomic  # noqa: F401  (write_json_atomic: the trainer's door)
+from engine.procs import pid_alive
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 # NVIDIA's names (KKKKKK = kimg, rounded down), or with _III (the images past that kimg, 000-999) for a second and
@@ -167,16 +168,6 @@ def _read_jsonl(path):
     return records
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True
-    return True
-
-
 def read_status(run_dir):
     """status.json as a dict (plus 'alive': whether its pid still runs), or None if missing or unreadable."""
     try:
@@ -186,7 +177,7 @@ def read_status(run_dir):
         return None
     if not isinstance(status, dict):
         return None
-    status["alive"] = status.get("state") == "running" and _pid_alive(status.get("pid", -1))
+    status["alive"] = status.get("state") == "running" and pid_alive(status.get("pid", -1))
     return status
 
 
