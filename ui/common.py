@@ -144,20 +144,6 @@ def friendly(fn):
     return wrapper
 
 
-def fmt_duration(sec) -> str:
-    """12 s, 3 min 20 s, 2 h 05 min, 1 d 4 h."""
-    if sec is None:
-        return "—"
-    sec = float(sec)
-    if sec < 60:
-        return f"{sec:.0f} s"
-    if sec < 3600:
-        return f"{int(sec // 60)} min {int(sec % 60):02d} s"
-    if sec < 86400:
-        return f"{int(sec // 3600)} h {int(sec % 3600 // 60):02d} min"
-    return f"{int(sec // 86400)} d {int(sec % 86400 // 3600)} h"
-
-
 def call_supported(fn, *args, **kwargs):
     """Call `fn` with only the keyword arguments it declares (None values left out as well).
 

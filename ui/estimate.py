@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.timefmt import format_time
 from engine.fsutil import write_json_atomic
 from engine.runs import read_options, read_stats
-from ui.common import ROOT, fmt_duration
+from ui.common import ROOT
 from ui.supervisor import Supervisor
 
 WARMUP_TIMEOUT_S = 240
@@ -267,9 +268,9 @@ def describe(est: Estimate, kimg: float) -> str:
         train_s = est.sec_per_kimg * kimg
         extra_s = est.overhead_per_kimg * kimg
         total = train_s + extra_s + est.startup_s
-        parts = [f"training {fmt_duration(train_s)}"]
+        parts = [f"training {format_time(train_s, 'page')}"]
         if extra_s >= 1:
-            parts.append(f"snapshots and grids {fmt_duration(extra_s)}")
-        parts.append(f"start-up {fmt_duration(est.startup_s)}" if est.startup_s >= 1 else "plus start-up")
-        text += f"{kimg:g} kimg will take about **{fmt_duration(total)}** ({', '.join(parts)}). How sure: {sure}."
+            parts.append(f"snapshots and grids {format_time(extra_s, 'page')}")
+        parts.append(f"start-up {format_time(est.startup_s, 'page')}" if est.startup_s >= 1 else "plus start-up")
+        text += f"{kimg:g} kimg will take about **{format_time(total, 'page')}** ({', '.join(parts)}). How sure: {sure}."
     return text

@@ -9,13 +9,14 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import UserError
+from engine.timefmt import format_time
 from engine.train import options as settings
 from engine.train.options import DEFAULT_AUGPIPE
 from engine.train.presets import PRESETS
 from engine import runs as run_files
 from engine.runs import read_metrics, read_stats
 from ui import charts, estimate
-from ui.common import Studio, fmt_duration, friendly
+from ui.common import Studio, friendly
 from ui.data_tab import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor, settings_from_run
 
@@ -163,7 +164,7 @@ def status_html(v: RunView | None, stats: list[dict]) -> str:
     if spk:
         parts.append(f"{spk:.1f} s/kimg")
     if v.state in ("running", "starting") and v.total_kimg:
-        parts.append(f"ETA {fmt_duration(max(0.0, (v.total_kimg - kimg) * spk))}" if spk
+        parts.append(f"ETA {format_time(max(0.0, (v.total_kimg - kimg) * spk), 'page')}" if spk
                      else "ETA measuring… (start-up not counted)")
     if gpu:
         parts.append(f"GPU memory {float(gpu):.2f} GB")
