@@ -272,5 +272,6 @@ def describe(est: Estimate, kimg: float) -> str:
         if extra_s >= 1:
             parts.append(f"snapshots and grids {format_time(extra_s, 'page')}")
         parts.append(f"start-up {format_time(est.startup_s, 'page')}" if est.startup_s >= 1 else "plus start-up")
-        text += f"{kimg:g} kimg will take about **{format_time(total, 'page')}** ({', '.join(parts)}). How sure: {sure}."
+        text += (f"{kimg:g} kimg will take about **{format_time(total, 'page')}** ({', '.join(parts)}). "
+                 f"How sure: {sure}.")
     return text
