@@ -31,6 +31,8 @@ NETWORK_SUFFIXES = (".pt", ".pkl")
 SNAPSHOT_PREFIX = "network-snapshot-"
 STATUS_FILE = "status.json"
 OPTIONS_FILE = "training_options.json"
+STATS_FILE = "stats.jsonl"
+LOG_FILE = "log.txt"
 
 
 def is_network_file(name):
@@ -51,6 +53,11 @@ def run_dirs(outdir):
         return sorted(p for p in outdir.iterdir() if RUN_RE.match(p.name) and p.is_dir())
     except OSError:
         return []
+
+
+def log_path(run_dir):
+    """<run_dir>/log.txt: the trainer's console lines."""
+    return Path(run_dir) / LOG_FILE
 
 
 def has_status(run_dir):
@@ -183,7 +190,7 @@ def read_status(run_dir):
 
 def read_stats(run_dir):
     """stats.jsonl as a list of dicts, one per tick (a torn last line is skipped)."""
-    return _read_jsonl(Path(run_dir) / "stats.jsonl")
+    return _read_jsonl(Path(run_dir) / STATS_FILE)
 
 
 def metric_path(run_dir, metric):

@@ -201,6 +201,7 @@ def _datasets_layout(studio: Studio) -> SimpleNamespace:
 
 
 def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
+    """The source choice shows its inputs; Prepare makes the dataset and shows it."""
     source, upload, folder, name, resolution = c.source, c.upload, c.folder, c.name, c.resolution
     max_images, transform, channels, labels, dedupe = c.max_images, c.transform, c.channels, c.labels, c.dedupe
     prepare_btn, preview, summary_md, skipped, table = c.prepare_btn, c.preview, c.summary_md, c.skipped, c.table
@@ -259,6 +260,7 @@ def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
 
 
 def _datasets_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Show a prepared dataset; Delete it after a confirmation."""
     pick, show_btn, delete_btn, confirm_btn, cancel_btn = c.pick, c.show_btn, c.delete_btn, c.confirm_btn, c.cancel_btn
     preview, summary_md, confirm_row, confirm_md, table = c.preview, c.summary_md, c.confirm_row, c.confirm_md, c.table
     empty_md = c.empty_md

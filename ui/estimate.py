@@ -25,7 +25,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.timefmt import format_time
 from engine.fsutil import write_json_atomic
-from engine.runs import read_options, read_stats
+from engine.runs import read_options, read_stats, run_dirs
 from ui.common import ROOT
 from ui.supervisor import Supervisor
 
@@ -211,7 +211,7 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
     spk, stats = None, []
     try:
         while time.time() - t0 < timeout:
-            runs = [p for p in scratch.iterdir() if p.is_dir()]
+            runs = run_dirs(scratch)
             stats = read_stats(runs[0]) if runs else []
             if len(stats) >= 3:
                 spk = _sec_per_kimg(stats)

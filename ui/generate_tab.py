@@ -327,6 +327,7 @@ def _picker_events(studio: Studio, c: SimpleNamespace):
 
 
 def _images_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Random seeds; Generate images -> the gallery, a grid PNG and a zip."""
     rand_btn, seeds, generate_btn, network, psi = c.rand_btn, c.seeds, c.generate_btn, c.network, c.psi
     class_idx, noise, gallery, files = c.class_idx, c.noise, c.gallery, c.files
 
@@ -363,6 +364,7 @@ def _images_events(studio: Studio, c: SimpleNamespace) -> None:
 
 
 def _video_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Make video -> a GIF or MP4 through the seeds."""
     video_btn, network, v_seeds, v_frames, v_fps = c.video_btn, c.network, c.v_seeds, c.v_frames, c.v_fps
     v_space, v_kind, v_loop, v_format, psi = c.v_space, c.v_kind, c.v_loop, c.v_format, c.psi
     class_idx, noise, video_gif, video_mp4, video_file = c.class_idx, c.noise, c.video_gif, c.video_mp4, c.video_file
@@ -406,6 +408,7 @@ def _video_events(studio: Studio, c: SimpleNamespace) -> None:
 
 
 def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Make style-mixing grid -> the labelled grid."""
     mix_btn, network, m_rows, m_cols, m_styles = c.mix_btn, c.network, c.m_rows, c.m_cols, c.m_styles
     psi, noise, mix_img = c.psi, c.noise, c.mix_img
 

@@ -208,7 +208,7 @@ class Supervisor:
         if rec is not None and not live and st.get("pid") and st.get("pid") != rec.get("pid"):
             live = is_training_process(st.get("pid"), started)
         message = st.get("message") or ""
-        log_file = run_dir / "log.txt" if run_dir is not None else None
+        log_file = run_files.log_path(run_dir) if run_dir is not None else None
         console = Path(rec["log"]) if rec and rec.get("log") else None
 
         if state is None:
