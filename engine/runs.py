@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from engine.fsutil import atomic_open, write_json_atomic  # noqa: F401  (write_json_atomic: the trainer's door)
+from engine.fsutil import atomic_open, write_json_atomic
 from engine.procs import pid_alive
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
