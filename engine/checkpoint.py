@@ -14,7 +14,6 @@ the restricted unpickler in engine.nvidia_pickle and rebuilt as our networks, wh
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -68,26 +67,9 @@ def save_snapshot(path, data):
     need = estimate_saved_size(data)
     fsutil.check_free_space(directory, need, f"the snapshot {path.name}")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        if fsutil.is_disk_full(e):
-            raise UserError(fsutil.disk_full_message(path, need, f"the snapshot {path.name}")) from None
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with fsutil.atomic_open(path, "wb") as f:
             torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; snapshots get the usual permissions
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         if fsutil.is_disk_full(e):
             raise UserError(fsutil.disk_full_message(path, need, f"the snapshot {path.name}")) from None
         if isinstance(e, OSError):

@@ -18,13 +18,13 @@ import contextlib
 import json
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine import fsutil
 from engine.errors import UserError
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -107,24 +107,20 @@ def reference_ops():
 # Writing
 
 
+# An export is two files (weights and sidecar) put in place together, so it uses the two halves of
+# fsutil.atomic_path itself.
+
+
 def _temp_beside(path):
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=directory)
-        os.close(fd)
+        return fsutil.temp_beside(path, suffix=Path(path).suffix + ".tmp")
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return Path(tmp)
 
 
 def _publish(tmp, path):
-    mask = os.umask(0)
-    os.umask(mask)
     try:
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; exports get the usual permissions
-        os.replace(tmp, path)
+        fsutil.publish(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -1,13 +1,17 @@
-"""File-system facts that turn into one clear line for the user: free space, name lengths, disk-full errors.
+"""File-system facts that turn into one clear line for the user: free space, name lengths, disk-full errors; and
+the one way files are written in place (atomic_path and the writers built on it).
 
 A full disk shows up in many disguises (OSError ENOSPC or EDQUOT, torch's `enforce fail at inline_container`
 from torch.save, a zipfile write error); every writer of big files checks the free space before it starts and
 translates those failures into the same message: which folder, how much is free, how much the file needs.
 """
 
+import contextlib
 import errno
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from engine.errors import UserError
@@ -114,3 +118,72 @@ def disk_full_line(exc):
         return None
     where = f" while writing {_short(str(exc.filename))}" if getattr(exc, "filename", None) else ""
     return f"the disk is full{where}; free some space there or choose another folder"
+
+
+# -- writing a file in place ------------------------------------------------------------------------------------
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path, suffix=".tmp"):
+    """A new empty file `.<name>.<random><suffix>` in the folder of `path` (made if missing) -> its Path.
+
+    Beside, not in /tmp: the final rename must stay within one file system. The leading dot and `.tmp` ending are
+    what engine.train.runlock sweeps up after a killed writer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp, path):
+    """Rename the finished temporary `tmp` onto `path` in one step, with the permissions a plain open() would give
+    (mkstemp makes 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """with atomic_path(p) as tmp: write tmp. When the block ends without error tmp replaces p in one rename, so
+    a reader sees the old file or the complete new one, never half; on any error tmp goes and p is untouched."""
+    tmp = temp_beside(path, suffix)
+    try:
+        yield tmp
+        publish(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", encoding=None, fsync=True, suffix=".tmp"):
+    """with atomic_open(p, "wb") as f: write f. As atomic_path, with the file open; fsync'd before the rename so a
+    power cut cannot leave the new name on empty contents."""
+    if encoding is None and "b" not in mode:
+        encoding = "utf-8"
+    with atomic_path(path, suffix) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def write_json_atomic(path, data, indent=2, fsync=True):
+    """JSON to `path` through atomic_open."""
+    with atomic_open(path, "w", fsync=fsync) as f:
+        json.dump(data, f, indent=indent)
+
+
+def write_text_atomic(path, text, fsync=True):
+    with atomic_open(path, "w", fsync=fsync) as f:
+        f.write(text)

@@ -6,9 +6,7 @@ Images are numpy uint8 arrays [H, W, C].
 """
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -247,30 +245,16 @@ def to_pil(array):
 
 def _atomic_write(path, write):
     """Call write(tmp_path) then rename onto path, so a failure never leaves a half file or clobbers one."""
+    from engine.fsutil import atomic_path
+
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=directory)
-        os.close(fd)
+        # The temporary keeps the file's extension: the writers choose the format by it.
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            write(str(tmp))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_image(array, path):

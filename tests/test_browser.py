@@ -215,7 +215,7 @@ def test_journey(page, server):
     status = json.loads((run_dir / "status.json").read_text())
     # Every snapshot kept its own file and a true name; the status names the one just written.
     from engine.checkpoint import load_snapshot
-    from engine.train import runs
+    from engine import runs
 
     snaps = runs.list_snapshots(run_dir)
     assert len(snaps) >= 2

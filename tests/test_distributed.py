@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.train import distributed, runs
+from engine import runs
+from engine.train import distributed
 from engine.train.launch import train
 from train_helpers import make_dataset, tiny_options
 

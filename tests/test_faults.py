@@ -14,7 +14,8 @@ from PIL import Image
 
 from engine import fsutil
 from engine.errors import UserError
-from engine.train import runlock, runs
+from engine import runs
+from engine.train import runlock
 from engine.train.launch import train
 from train_helpers import make_dataset, tiny_options
 

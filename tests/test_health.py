@@ -9,7 +9,8 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from engine.train import health, runs, tensorboard
+from engine import runs
+from engine.train import health, tensorboard
 
 
 def rec(kimg, p=0.0, sign=0.6, g=1.0, d=1.2, skips=None, t=None, sec_per_tick=10.0, maint=1.0):

@@ -13,7 +13,8 @@ import pytest
 from polling import wait_for as wait
 
 from engine.errors import UserError
-from ui.supervisor import Supervisor, is_training_process, latest_snapshot, tail
+from engine.runs import latest_snapshot
+from ui.supervisor import Supervisor, is_training_process, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short ticks so a status and a stats line appear within seconds on a CPU.

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from engine.errors import UserError
-from engine.train import health, runs
+from engine import runs
+from engine.train import health
 from engine.train.launch import train
 from polling import wait_for
 from train_helpers import make_dataset, tensors_equal, tiny_options

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
 def test_training_steps_on_cuda(tmp_path, precision):
     from engine.checkpoint import load_snapshot
-    from engine.train import runs
+    from engine import runs
     from engine.train.launch import train
 
     data = make_dataset(tmp_path / "data", n=16, res=32)

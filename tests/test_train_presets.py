@@ -6,7 +6,8 @@ import time
 import pytest
 
 from engine.errors import UserError
-from engine.train import presets, runs
+from engine import runs
+from engine.train import presets
 from engine.train.options import TrainOptions
 
 

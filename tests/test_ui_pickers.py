@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from engine.train.runs import snapshots_newest_first
+from engine.runs import snapshots_newest_first
 from ui import generate_tab as gt
 from ui import guide
 from ui.common import Studio

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from engine.runs import snapshot_kimg
 
 # Hover text of each panel's title: what the jargon means and what a healthy curve looks like.
 EXPLAIN = {
@@ -44,8 +45,6 @@ Y_LIMITS = {"R1 penalty": (0.0, None), "Augment p": (0.0, 1.0), "Signs of D(real
 NO_METRICS = ("FID / KID are not measured in this run. Choose them under <i>Metrics at each snapshot</i> when "
               "starting a run,<br>or measure a snapshot later: <span style='font-family:monospace'>python -m engine metrics --network "
               "runs/&lt;run&gt;/network-snapshot-NNNNNN.pt --metrics fid1k</span>")
-# NVIDIA's name (kimg) or the finer one within a kimg (KKKKKK_III); NVIDIA's runs record .pkl names.
-SNAP_KIMG_RE = re.compile(r"network-snapshot-(\d{6})(?:_(\d{3}))?\.(?:pt|pkl)$")
 
 
 def _mean(record: dict, key: str):
@@ -74,8 +73,8 @@ def metric_points(records: list[dict]) -> dict[str, tuple[list[float], list[floa
             continue
         kimg = rec.get("kimg")
         if kimg is None:
-            m = SNAP_KIMG_RE.search(str(rec.get("snapshot_pkl") or rec.get("snapshot") or ""))
-            kimg = int(m.group(1)) + (int(m.group(2)) / 1000 if m.group(2) else 0.0) if m else None
+            # NVIDIA's runs record .pkl names; ours .pt, the finer KKKKKK_III within a kimg.
+            kimg = snapshot_kimg(rec.get("snapshot_pkl") or rec.get("snapshot") or "")
         for name, value in (rec.get("results") or {}).items():
             if kimg is None or not isinstance(value, (int, float)):
                 continue

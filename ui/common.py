@@ -18,7 +18,6 @@ from engine.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 DEMO_NETWORK = ASSETS / "demo-network.pt"
-NETWORK_SUFFIXES = (".pt", ".pkl")
 
 log = logging.getLogger("studio")
 
@@ -143,20 +142,6 @@ def friendly(fn):
             raise gr.Error(html.escape(text), print_exception=False) from None
 
     return wrapper
-
-
-def fmt_duration(sec) -> str:
-    """12 s, 3 min 20 s, 2 h 05 min, 1 d 4 h."""
-    if sec is None:
-        return "—"
-    sec = float(sec)
-    if sec < 60:
-        return f"{sec:.0f} s"
-    if sec < 3600:
-        return f"{int(sec // 60)} min {int(sec % 60):02d} s"
-    if sec < 86400:
-        return f"{int(sec // 3600)} h {int(sec % 3600 // 60):02d} min"
-    return f"{int(sec // 86400)} d {int(sec % 86400 // 3600)} h"
 
 
 def call_supported(fn, *args, **kwargs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -130,50 +131,81 @@ def _skipped_rows(result, dest: Path) -> list[list]:
 
 
 def build(studio: Studio):
-    """The Data tab's components and events. Returns the components other tabs refresh from."""
-    sources = [SRC_EMOJI, SRC_UPLOAD] + ([] if studio.shared else [SRC_FOLDER])
+    """The Data tab: the form that prepares a dataset, then the list of prepared ones (show, delete); the layout of
+    both first, then their events. Returns the components other tabs refresh from."""
     with gr.Column():
         empty_md = gr.Markdown(empty_state(studio), elem_id="data-empty", visible=bool(empty_state(studio)))
-        with gr.Row():
-            with gr.Column(scale=3):
-                source = gr.Radio(sources, value=SRC_EMOJI, label="Images from")
-                upload = gr.File(label=f"Zip or images (at most {studio.max_upload_mb} MB each)",
-                                 file_count="multiple", file_types=[".zip", "image"], visible=False,
-                                 elem_id="data-upload")
-                folder = gr.Textbox(label="Folder path on this computer", visible=False,
-                                    placeholder="/home/me/pictures", elem_id="data-folder")
-                with gr.Row():
-                    name = gr.Textbox(value="emoji", label="Dataset name", elem_id="data-name")
-                    resolution = gr.Dropdown(RESOLUTIONS, value=32, label="Resolution (px)",
-                                             elem_id="data-resolution")
-                    max_images = gr.Number(value=500, precision=0, minimum=0, label="Max images (0 = all)",
-                                           elem_id="data-max-images")
-                with gr.Row():
-                    transform = gr.Dropdown(TRANSFORMS, value="center-crop", label="Fit to square")
-                    # Wide enough to show its longest choice whole.
-                    labels = gr.Dropdown(list(LABELS), value=list(LABELS)[0], label="Labels", scale=2,
-                                         min_width=290, elem_id="data-labels")
-                with gr.Row():
-                    channels = gr.Radio(["RGB", "Grayscale"], value="RGB", label="Channels")
-                    dedupe = gr.Checkbox(value=False, label="Drop exact duplicates")
-                prepare_btn = gr.Button("Prepare dataset", variant="primary", elem_id="prepare-btn")
-            with gr.Column(scale=2):
-                preview = gr.Image(label="Preview", type="pil", interactive=False, elem_id="data-preview")
-                summary_md = gr.Markdown(elem_id="data-summary")
-        skipped = gr.Dataframe(headers=["Skipped file", "Reason"], label="Skipped files", visible=False,
-                               interactive=False, wrap=True)
-        gr.Markdown("### Prepared datasets")
-        table = gr.Dataframe(headers=["Dataset", "Images", "Resolution", "Channels", "Classes", "Size (MB)"],
-                             value=datasets_table(studio), interactive=False, elem_id="datasets-table")
-        with gr.Row():
-            pick = gr.Dropdown(dataset_choices(studio), label="Dataset", value=None, elem_id="data-pick",
-                               allow_custom_value=True)
-            show_btn = gr.Button("Show")
-            delete_btn = gr.Button("Delete...", variant="stop", elem_id="data-delete-btn")
-        with gr.Row(visible=False) as confirm_row:
-            confirm_md = gr.Markdown()
-            confirm_btn = gr.Button("Yes, delete it", variant="stop", elem_id="data-delete-confirm")
-            cancel_btn = gr.Button("Cancel")
+        c = SimpleNamespace(**vars(_prepare_layout(studio)), **vars(_datasets_layout(studio)), empty_md=empty_md)
+    _prepare_events(studio, c)
+    _datasets_events(studio, c)
+
+    def refresh():
+        return datasets_table(studio), gr.update(choices=dataset_choices(studio)), empty_update(studio)
+
+    return {"table": c.table, "pick": c.pick, "refresh": refresh, "refresh_outputs": [c.table, c.pick, empty_md]}
+
+
+def _prepare_layout(studio: Studio) -> SimpleNamespace:
+    """Where the images come from, how they are prepared, the button, the preview and the skipped files."""
+    sources = [SRC_EMOJI, SRC_UPLOAD] + ([] if studio.shared else [SRC_FOLDER])
+    with gr.Row():
+        with gr.Column(scale=3):
+            source = gr.Radio(sources, value=SRC_EMOJI, label="Images from")
+            upload = gr.File(label=f"Zip or images (at most {studio.max_upload_mb} MB each)",
+                             file_count="multiple", file_types=[".zip", "image"], visible=False,
+                             elem_id="data-upload")
+            folder = gr.Textbox(label="Folder path on this computer", visible=False,
+                                placeholder="/home/me/pictures", elem_id="data-folder")
+            with gr.Row():
+                name = gr.Textbox(value="emoji", label="Dataset name", elem_id="data-name")
+                resolution = gr.Dropdown(RESOLUTIONS, value=32, label="Resolution (px)",
+                                         elem_id="data-resolution")
+                max_images = gr.Number(value=500, precision=0, minimum=0, label="Max images (0 = all)",
+                                       elem_id="data-max-images")
+            with gr.Row():
+                transform = gr.Dropdown(TRANSFORMS, value="center-crop", label="Fit to square")
+                # Wide enough to show its longest choice whole.
+                labels = gr.Dropdown(list(LABELS), value=list(LABELS)[0], label="Labels", scale=2,
+                                     min_width=290, elem_id="data-labels")
+            with gr.Row():
+                channels = gr.Radio(["RGB", "Grayscale"], value="RGB", label="Channels")
+                dedupe = gr.Checkbox(value=False, label="Drop exact duplicates")
+            prepare_btn = gr.Button("Prepare dataset", variant="primary", elem_id="prepare-btn")
+        with gr.Column(scale=2):
+            preview = gr.Image(label="Preview", type="pil", interactive=False, elem_id="data-preview")
+            summary_md = gr.Markdown(elem_id="data-summary")
+    skipped = gr.Dataframe(headers=["Skipped file", "Reason"], label="Skipped files", visible=False,
+                           interactive=False, wrap=True)
+    return SimpleNamespace(source=source, upload=upload, folder=folder, name=name, resolution=resolution,
+                           max_images=max_images, transform=transform, labels=labels, channels=channels,
+                           dedupe=dedupe, prepare_btn=prepare_btn, preview=preview, summary_md=summary_md,
+                           skipped=skipped)
+
+
+def _datasets_layout(studio: Studio) -> SimpleNamespace:
+    """The table of prepared datasets, the picker with Show and Delete, and the delete confirmation."""
+    gr.Markdown("### Prepared datasets")
+    table = gr.Dataframe(headers=["Dataset", "Images", "Resolution", "Channels", "Classes", "Size (MB)"],
+                         value=datasets_table(studio), interactive=False, elem_id="datasets-table")
+    with gr.Row():
+        pick = gr.Dropdown(dataset_choices(studio), label="Dataset", value=None, elem_id="data-pick",
+                           allow_custom_value=True)
+        show_btn = gr.Button("Show")
+        delete_btn = gr.Button("Delete...", variant="stop", elem_id="data-delete-btn")
+    with gr.Row(visible=False) as confirm_row:
+        confirm_md = gr.Markdown()
+        confirm_btn = gr.Button("Yes, delete it", variant="stop", elem_id="data-delete-confirm")
+        cancel_btn = gr.Button("Cancel")
+    return SimpleNamespace(table=table, pick=pick, show_btn=show_btn, delete_btn=delete_btn, confirm_row=confirm_row,
+                           confirm_md=confirm_md, confirm_btn=confirm_btn, cancel_btn=cancel_btn)
+
+
+def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
+    """The source choice shows its inputs; Prepare makes the dataset and shows it."""
+    source, upload, folder, name, resolution = c.source, c.upload, c.folder, c.name, c.resolution
+    max_images, transform, channels, labels, dedupe = c.max_images, c.transform, c.channels, c.labels, c.dedupe
+    prepare_btn, preview, summary_md, skipped, table = c.prepare_btn, c.preview, c.summary_md, c.skipped, c.table
+    pick, empty_md = c.pick, c.empty_md
 
     def on_source(src):
         return gr.update(visible=src == SRC_UPLOAD), gr.update(visible=src == SRC_FOLDER)
@@ -237,6 +269,13 @@ def build(studio: Studio):
         [preview, summary_md, skipped, table, pick, empty_md], api_name="prepare", concurrency_id="prepare",
         concurrency_limit=1)
 
+
+def _datasets_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Show a prepared dataset; Delete it after a confirmation."""
+    pick, show_btn, delete_btn, confirm_btn, cancel_btn = c.pick, c.show_btn, c.delete_btn, c.confirm_btn, c.cancel_btn
+    preview, summary_md, confirm_row, confirm_md, table = c.preview, c.summary_md, c.confirm_row, c.confirm_md, c.table
+    empty_md = c.empty_md
+
     @friendly
     def do_show(ds):
         from engine.data.prepare import preview_grid
@@ -277,11 +316,6 @@ def build(studio: Studio):
 
     confirm_btn.click(do_delete, pick, [confirm_row, table, pick, empty_md], api_name="delete_dataset")
     cancel_btn.click(lambda: gr.update(visible=False), None, confirm_row, api_name=False)
-
-    def refresh():
-        return datasets_table(studio), gr.update(choices=dataset_choices(studio)), empty_update(studio)
-
-    return {"table": table, "pick": pick, "refresh": refresh, "refresh_outputs": [table, pick, empty_md]}
 
 
 def _preview(preview_grid, path: Path, info: dict):

@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.train.runs import read_stats
-from ui.common import ROOT, fmt_duration
+from engine.timefmt import format_time
+from engine.fsutil import write_json_atomic
+from engine.runs import read_options, read_stats, run_dirs
+from ui.common import ROOT
 from ui.supervisor import Supervisor
 
 WARMUP_TIMEOUT_S = 240
@@ -104,10 +106,7 @@ def _sec_per_kimg(stats: list[dict]) -> float | None:
 
 
 def _run_facts(run_dir: Path, launch: dict | None) -> dict:
-    try:
-        opts = json.loads((run_dir / "training_options.json").read_text())
-    except (OSError, ValueError):
-        opts = {}
+    opts = read_options(run_dir) or {}
     cli = opts.get("cli") if isinstance(opts.get("cli"), dict) else {}
     cfg = (launch or {}).get("cfg") or cli.get("cfg") or opts.get("cfg")
     if cfg is None:
@@ -181,10 +180,7 @@ def _save_warm_up(sup: Supervisor, est: Estimate) -> None:
     except (OSError, ValueError):
         saved = {}
     saved[_key(est.preset, est.resolution, est.size, est.batch)] = asdict(est)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(saved, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, saved, indent=1)
 
 
 def known(sup: Supervisor, resolution: int, size: int, preset: str, batch: int | None) -> Estimate | None:
@@ -215,7 +211,7 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
     spk, stats = None, []
     try:
         while time.time() - t0 < timeout:
-            runs = [p for p in scratch.iterdir() if p.is_dir()]
+            runs = run_dirs(scratch)
             stats = read_stats(runs[0]) if runs else []
             if len(stats) >= 3:
                 spk = _sec_per_kimg(stats)
@@ -272,9 +268,10 @@ def describe(est: Estimate, kimg: float) -> str:
         train_s = est.sec_per_kimg * kimg
         extra_s = est.overhead_per_kimg * kimg
         total = train_s + extra_s + est.startup_s
-        parts = [f"training {fmt_duration(train_s)}"]
+        parts = [f"training {format_time(train_s, 'page')}"]
         if extra_s >= 1:
-            parts.append(f"snapshots and grids {fmt_duration(extra_s)}")
-        parts.append(f"start-up {fmt_duration(est.startup_s)}" if est.startup_s >= 1 else "plus start-up")
-        text += f"{kimg:g} kimg will take about **{fmt_duration(total)}** ({', '.join(parts)}). How sure: {sure}."
+            parts.append(f"snapshots and grids {format_time(extra_s, 'page')}")
+        parts.append(f"start-up {format_time(est.startup_s, 'page')}" if est.startup_s >= 1 else "plus start-up")
+        text += (f"{kimg:g} kimg will take about **{format_time(total, 'page')}** ({', '.join(parts)}). "
+                 f"How sure: {sure}.")
     return text

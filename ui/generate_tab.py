@@ -8,10 +8,12 @@ import threading
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
 from engine.errors import UserError
+from engine.runs import NETWORK_SUFFIXES, is_network_file
 from ui.common import Studio, friendly, safe_name
 
 MAX_SEEDS = 256
@@ -65,7 +67,7 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
 
     Visitors pick labels; paths never come from the page, so nothing outside the workdir can be named.
     """
-    from engine.train.runs import snapshots_newest_first
+    from engine.runs import snapshots_newest_first
 
     out: OrderedDict[str, Path] = OrderedDict()
     extra: dict[str, Path] = {}
@@ -87,7 +89,7 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
     up = studio.uploads_dir / UPLOAD_FOLDER
     if up.is_dir():
         for f in sorted(up.iterdir()):
-            if f.suffix.lower() in (".pt", ".pkl"):
+            if is_network_file(f):
                 out[f"uploaded / {f.name}"] = f
     if aliases:
         for k, v in extra.items():
@@ -201,71 +203,125 @@ def _ranges(values) -> str:
 
 
 def build(studio: Studio):
+    """The Generate tab: the network picker, then images, an interpolation video and style mixing from the picked
+    network. The layout of every section comes first, then each section's events."""
+    with gr.Column():
+        c = SimpleNamespace(**vars(_picker_layout(studio)), **vars(_images_layout()), **vars(_video_layout()),
+                            **vars(_mixing_layout()))
+    on_network, do_refresh = _picker_events(studio, c)
+    _images_events(studio, c)
+    _video_events(studio, c)
+    _mixing_events(studio, c)
+
+    def on_load():
+        return do_refresh(None)
+
+    return {"network": c.network, "info": c.info_md, "class_idx": c.class_idx, "on_load": on_load,
+            "on_tab": do_refresh, "tab_inputs": [c.network, c.offered_first],
+            "load_outputs": refresh_outputs(c), "on_network": on_network, "tools": c.tools}
+
+
+def refresh_outputs(c: SimpleNamespace) -> list:
+    """What a refresh of the network list updates: the picker, the empty-state line, the label offered first and
+    the export panel's own lists."""
+    return [c.network, c.empty_md, c.offered_first, c.tools["other"], c.tools["several"]]
+
+
+# ---------------------------------------------------------------------------------------------- the layout
+
+
+def _picker_layout(studio: Studio) -> SimpleNamespace:
+    """Which network: the picker, Refresh, an upload, and what the picked network is."""
     choices = network_choices(studio)
     first = next(iter(choices), None)
-    with gr.Column():
-        empty_md = gr.Markdown(_empty_text(studio, choices), elem_id="generate-empty",
-                               visible=bool(_empty_text(studio, choices)))
-        offered_first = gr.State(first)  # the label the picker offered first last time it was filled
-        with gr.Row():
-            network = gr.Dropdown(list(choices), value=first, label="Network", elem_id="generate-network",
-                                  allow_custom_value=True, scale=5)
-            refresh_btn = gr.Button("Refresh list", size="sm", scale=1, elem_id="generate-refresh")
-        with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
-            upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=[".pt", ".pkl"],
-                             elem_id="generate-upload")
-        from ui import model_tools
+    empty_md = gr.Markdown(_empty_text(studio, choices), elem_id="generate-empty",
+                           visible=bool(_empty_text(studio, choices)))
+    offered_first = gr.State(first)  # the label the picker offered first last time it was filled
+    with gr.Row():
+        network = gr.Dropdown(list(choices), value=first, label="Network", elem_id="generate-network",
+                              allow_custom_value=True, scale=5)
+        refresh_btn = gr.Button("Refresh list", size="sm", scale=1, elem_id="generate-refresh")
+    with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
+        upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=list(NETWORK_SUFFIXES),
+                         elem_id="generate-upload")
+    from ui import model_tools
 
-        tools = model_tools.build(studio, network)
-        info_md = gr.Markdown(elem_id="generate-info")
-        with gr.Row():
-            seeds = gr.Textbox(value="0-7", label="Seeds", info="numbers and ranges: 0-7, 42, 100-103",
-                               elem_id="generate-seeds", scale=3)
-            rand_btn = gr.Button("Random seeds", size="sm", scale=1, elem_id="generate-random")
-            psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation psi",
-                            info="lower: typical, cleaner images; 1: full variety", scale=3)
-        with gr.Row():
-            class_idx = gr.Number(value=None, precision=0, minimum=0, label="Class", visible=False,
-                                  elem_id="generate-class")
-            noise = gr.Radio(["const", "random", "none"], value="const", label="Noise")
-        generate_btn = gr.Button("Generate images", variant="primary", elem_id="generate-btn")
-        # One image area: the images with their seeds; a click shows one large. The grid PNG is a download.
-        gallery = gr.Gallery(label="Images", columns=8, height="auto", elem_id="generate-gallery",
-                             object_fit="contain", allow_preview=True)
-        files = gr.File(label="Download: all images in one grid PNG, and each image in a zip", file_count="multiple",
-                        interactive=False, elem_id="generate-files")
+    tools = model_tools.build(studio, network)
+    info_md = gr.Markdown(elem_id="generate-info")
+    return SimpleNamespace(empty_md=empty_md, offered_first=offered_first, network=network, refresh_btn=refresh_btn,
+                           upload=upload, tools=tools, info_md=info_md)
 
-        gr.Markdown("### Interpolation video")
-        with gr.Row():
-            v_seeds = gr.Textbox(value="0-3", label="Seeds to pass through", elem_id="video-seeds")
-            v_frames = gr.Number(value=12, precision=0, minimum=1, maximum=240, label="Frames per seed",
-                                 elem_id="video-frames")
-            v_fps = gr.Number(value=12, precision=0, minimum=1, maximum=60, label="fps")
-        with gr.Row():
-            v_space = gr.Radio(["z", "w"], value="z", label="Space")
-            v_kind = gr.Radio(["slerp", "linear", "cubic"], value="slerp", label="Kind",
-                              info="slerp goes with z; linear and cubic with w")
-            v_loop = gr.Checkbox(value=True, label="Loop back to the first seed")
-            v_format = gr.Radio(["GIF", "MP4"], value="GIF", label="Format", elem_id="video-format")
-        video_btn = gr.Button("Make video", variant="primary", elem_id="video-btn")
-        with gr.Column(elem_id="video-out"):
-            video_gif = gr.Image(label="Animation", type="filepath", interactive=False, visible=False,
-                                 elem_id="video-gif", height=320)
-            video_mp4 = gr.Video(label="Video", interactive=False, visible=False, elem_id="video-mp4")
-            video_file = gr.File(label="Download", interactive=False, visible=False, elem_id="video-file")
 
-        gr.Markdown("### Style mixing")
-        with gr.Row():
-            m_rows = gr.Textbox(value="85,100,75", label="Row seeds (take the styles)")
-            m_cols = gr.Textbox(value="55,821,1789", label="Column seeds (give the styles)")
-            m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
-                                  info="low layers: pose and shape; high: colours and details")
-        mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
-        # Hidden until there is a grid to show: an empty 480 px box says nothing.
-        mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480,
-                           visible=False)
+def _images_layout() -> SimpleNamespace:
+    """Seeds, truncation, class and noise (shared by every section), Generate and the images."""
+    with gr.Row():
+        seeds = gr.Textbox(value="0-7", label="Seeds", info="numbers and ranges: 0-7, 42, 100-103",
+                           elem_id="generate-seeds", scale=3)
+        rand_btn = gr.Button("Random seeds", size="sm", scale=1, elem_id="generate-random")
+        psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation psi",
+                        info="lower: typical, cleaner images; 1: full variety", scale=3)
+    with gr.Row():
+        class_idx = gr.Number(value=None, precision=0, minimum=0, label="Class", visible=False,
+                              elem_id="generate-class")
+        noise = gr.Radio(["const", "random", "none"], value="const", label="Noise")
+    generate_btn = gr.Button("Generate images", variant="primary", elem_id="generate-btn")
+    # One image area: the images with their seeds; a click shows one large. The grid PNG is a download.
+    gallery = gr.Gallery(label="Images", columns=8, height="auto", elem_id="generate-gallery",
+                         object_fit="contain", allow_preview=True)
+    files = gr.File(label="Download: all images in one grid PNG, and each image in a zip", file_count="multiple",
+                    interactive=False, elem_id="generate-files")
+    return SimpleNamespace(seeds=seeds, rand_btn=rand_btn, psi=psi, class_idx=class_idx, noise=noise,
+                           generate_btn=generate_btn, gallery=gallery, files=files)
 
-    # ------------------------------------------------------------------ events
+
+def _video_layout() -> SimpleNamespace:
+    """The interpolation video's settings, button and outputs."""
+    gr.Markdown("### Interpolation video")
+    with gr.Row():
+        v_seeds = gr.Textbox(value="0-3", label="Seeds to pass through", elem_id="video-seeds")
+        v_frames = gr.Number(value=12, precision=0, minimum=1, maximum=240, label="Frames per seed",
+                             elem_id="video-frames")
+        v_fps = gr.Number(value=12, precision=0, minimum=1, maximum=60, label="fps")
+    with gr.Row():
+        v_space = gr.Radio(["z", "w"], value="z", label="Space")
+        v_kind = gr.Radio(["slerp", "linear", "cubic"], value="slerp", label="Kind",
+                          info="slerp goes with z; linear and cubic with w")
+        v_loop = gr.Checkbox(value=True, label="Loop back to the first seed")
+        v_format = gr.Radio(["GIF", "MP4"], value="GIF", label="Format", elem_id="video-format")
+    video_btn = gr.Button("Make video", variant="primary", elem_id="video-btn")
+    with gr.Column(elem_id="video-out"):
+        video_gif = gr.Image(label="Animation", type="filepath", interactive=False, visible=False,
+                             elem_id="video-gif", height=320)
+        video_mp4 = gr.Video(label="Video", interactive=False, visible=False, elem_id="video-mp4")
+        video_file = gr.File(label="Download", interactive=False, visible=False, elem_id="video-file")
+    return SimpleNamespace(v_seeds=v_seeds, v_frames=v_frames, v_fps=v_fps, v_space=v_space, v_kind=v_kind,
+                           v_loop=v_loop, v_format=v_format, video_btn=video_btn, video_gif=video_gif,
+                           video_mp4=video_mp4, video_file=video_file)
+
+
+def _mixing_layout() -> SimpleNamespace:
+    """The style-mixing grid's seeds, layers, button and image."""
+    gr.Markdown("### Style mixing")
+    with gr.Row():
+        m_rows = gr.Textbox(value="85,100,75", label="Row seeds (take the styles)")
+        m_cols = gr.Textbox(value="55,821,1789", label="Column seeds (give the styles)")
+        m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
+                              info="low layers: pose and shape; high: colours and details")
+    mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
+    # Hidden until there is a grid to show: an empty 480 px box says nothing.
+    mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480,
+                       visible=False)
+    return SimpleNamespace(m_rows=m_rows, m_cols=m_cols, m_styles=m_styles, mix_btn=mix_btn, mix_img=mix_img)
+
+
+# ---------------------------------------------------------------------------------------------- the events
+
+
+def _picker_events(studio: Studio, c: SimpleNamespace):
+    """Picking, refreshing and uploading a network -> (on_network, do_refresh) for app.py's page-load events."""
+    network, info_md, class_idx, refresh_btn = c.network, c.info_md, c.class_idx, c.refresh_btn
+    offered_first, empty_md, upload = c.offered_first, c.empty_md, c.upload
+
     @friendly
     def on_network(label):
         if not label:
@@ -285,14 +341,13 @@ def build(studio: Studio):
         return (gr.update(choices=list(ch), value=pick_network(ch, current, offered)), empty_update(studio, ch),
                 next(iter(ch), None), gr.update(choices=list(ch)), gr.update(choices=list(ch)))
 
-    refresh_outputs = [network, empty_md, offered_first, tools["other"], tools["several"]]
-    refresh_btn.click(do_refresh, [network, offered_first], refresh_outputs, api_name="networks")
+    refresh_btn.click(do_refresh, [network, offered_first], refresh_outputs(c), api_name="networks")
 
     @friendly
     def on_upload(f):
         if not f:
             return gr.skip(), gr.skip()
-        if Path(str(f)).suffix.lower() not in (".pt", ".pkl"):
+        if not is_network_file(f):
             raise UserError("a network file ends in .pt or .pkl")
         kept = studio.keep_upload(f, UPLOAD_FOLDER, "network file")
         label = f"uploaded / {kept.name}"
@@ -305,6 +360,14 @@ def build(studio: Studio):
         return gr.update(choices=list(network_choices(studio)), value=label), gr.update(value="", visible=False)
 
     upload.upload(on_upload, upload, [network, empty_md], api_name="upload_network")
+
+    return on_network, do_refresh
+
+
+def _images_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Random seeds; Generate images -> the gallery, a grid PNG and a zip."""
+    rand_btn, seeds, generate_btn, network, psi = c.rand_btn, c.seeds, c.generate_btn, c.network, c.psi
+    class_idx, noise, gallery, files = c.class_idx, c.noise, c.gallery, c.files
 
     rand_btn.click(lambda: ",".join(str(random.randrange(0, 100000)) for _ in range(8)), None, seeds,
                    api_name="random_seeds")
@@ -336,6 +399,13 @@ def build(studio: Studio):
 
     generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise], [gallery, files],
                        api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+
+
+def _video_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Make video -> a GIF or MP4 through the seeds."""
+    video_btn, network, v_seeds, v_frames, v_fps = c.video_btn, c.network, c.v_seeds, c.v_frames, c.v_fps
+    v_space, v_kind, v_loop, v_format, psi = c.v_space, c.v_kind, c.v_loop, c.v_format, c.psi
+    class_idx, noise, video_gif, video_mp4, video_file = c.class_idx, c.noise, c.video_gif, c.video_mp4, c.video_file
 
     @friendly
     def do_video(label, seeds_text, frames, fps, space, kind, loop, fmt, psi_v, cls, noise_v,
@@ -374,6 +444,12 @@ def build(studio: Studio):
                                noise], [video_gif, video_mp4, video_file], api_name="video", concurrency_id="gpu",
                     concurrency_limit=1)
 
+
+def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
+    """Make style-mixing grid -> the labelled grid."""
+    mix_btn, network, m_rows, m_cols, m_styles = c.mix_btn, c.network, c.m_rows, c.m_cols, c.m_styles
+    psi, noise, mix_img = c.psi, c.noise, c.mix_img
+
     @friendly
     def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, progress=gr.Progress()):
         from engine.generate import label_mix_grid, parse_seeds, save_image, style_mix_grid
@@ -398,13 +474,6 @@ def build(studio: Studio):
 
     mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise], mix_img, api_name="mix",
                   concurrency_id="gpu", concurrency_limit=1)
-
-    def on_load():
-        return do_refresh(None)
-
-    return {"network": network, "info": info_md, "class_idx": class_idx, "on_load": on_load,
-            "on_tab": do_refresh, "tab_inputs": [network, offered_first],
-            "load_outputs": refresh_outputs, "on_network": on_network, "tools": tools}
 
 
 def empty_update(studio: Studio, choices):

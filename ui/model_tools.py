@@ -8,12 +8,12 @@ uploads/networks/, where the picker lists them, and the picker is switched to th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import gradio as gr
 
 from engine.errors import UserError
+from engine.runs import SNAPSHOT_PREFIX, run_number
 from ui.common import Studio, friendly, safe_name
 
 NETWORK_FOLDER = "networks"      # the Generate tab lists .pt files of uploads/<this> in its picker
@@ -43,14 +43,14 @@ def _stem(label: str, path=None) -> str:
     else from the label ('00003-cats / network-snapshot-000840.pt' -> '00003-kimg000840')."""
     if path is not None:
         path = Path(path)
-        run = re.match(r"^(\d{5})-", path.parent.name)
-        if run and path.name.startswith("network-snapshot-"):
-            return safe_name(f"{run.group(1)}-{path.stem.replace('network-snapshot-', 'kimg')}", "network")
+        run = run_number(path.parent.name)
+        if run and path.name.startswith(SNAPSHOT_PREFIX):
+            return safe_name(f"{run}-{path.stem.replace(SNAPSHOT_PREFIX, 'kimg')}", "network")
         return safe_name(path.stem, "network")
     parts = str(label).split(" / ")
-    name = Path(parts[-1]).stem.replace("network-snapshot-", "kimg")
-    run = re.match(r"^(\d{5})-", parts[0]) if len(parts) > 1 else None
-    return safe_name(f"{run.group(1)}-{name}" if run else name, "network")
+    name = Path(parts[-1]).stem.replace(SNAPSHOT_PREFIX, "kimg")
+    run = run_number(parts[0]) if len(parts) > 1 else None
+    return safe_name(f"{run}-{name}" if run else name, "network")
 
 
 def _new_network_path(studio: Studio, name: str) -> Path:

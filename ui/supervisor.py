@@ -23,10 +23,11 @@ from pathlib import Path
 import psutil
 
 from engine.errors import UserError
-from engine.train.runs import latest_snapshot
+from engine.fsutil import write_json_atomic
+from engine.train.options import user_settings
+from engine import runs as run_files
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR_RE = re.compile(r"^\d{5}-")
 
 
 def _read_json(path: Path):
@@ -38,11 +39,7 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    # Written beside and renamed: a reader never sees half a record.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)  # a reader never sees half a record
 
 
 def tail(path: Path | None, lines: int = 30) -> str:
@@ -160,9 +157,7 @@ class Supervisor:
         return is_training_process(pid, rec.get("started"))
 
     def _run_dirs(self) -> list[Path]:
-        if not self.runs_dir.is_dir():
-            return []
-        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and RUN_DIR_RE.match(p.name))
+        return run_files.run_dirs(self.runs_dir)
 
     def _attach_records(self) -> dict[str, dict]:
         """{run folder name: its newest launch record}, finding the folder of launches that did not know it yet.
@@ -172,7 +167,7 @@ class Supervisor:
         records = self._records()
         pending = [r for r in records if not r.get("run_dir") and not r.get("dismissed")]
         if pending:
-            dirs = [(d, _read_json(d / "status.json") or {}) for d in self._run_dirs()]
+            dirs = [(d, run_files.read_status(d) or {}) for d in self._run_dirs()]
             for r in pending:
                 for d, st in dirs:
                     pid = st.get("pid")
@@ -191,7 +186,7 @@ class Supervisor:
             if r.get("run_dir") or not self._alive(r):
                 continue
             for d in self._run_dirs():
-                if d.name not in by_run and not (d / "status.json").exists() and d.stat().st_mtime >= r["started"] - 2:
+                if d.name not in by_run and not run_files.has_status(d) and d.stat().st_mtime >= r["started"] - 2:
                     by_run[d.name] = r
                     break
         return by_run
@@ -203,7 +198,7 @@ class Supervisor:
         return self._view_of(run_dir, rec)
 
     def _view_of(self, run_dir: Path | None, rec: dict | None) -> RunView:
-        st = _read_json(run_dir / "status.json") if run_dir is not None else None
+        st = run_files.read_status(run_dir) if run_dir is not None else None
         st = st if isinstance(st, dict) else {}
         name = run_dir.name if run_dir is not None else f"(starting, pid {rec.get('pid')})"
         pid = st.get("pid") or (rec or {}).get("pid")
@@ -213,7 +208,7 @@ class Supervisor:
         if rec is not None and not live and st.get("pid") and st.get("pid") != rec.get("pid"):
             live = is_training_process(st.get("pid"), started)
         message = st.get("message") or ""
-        log_file = run_dir / "log.txt" if run_dir is not None else None
+        log_file = run_files.log_path(run_dir) if run_dir is not None else None
         console = Path(rec["log"]) if rec and rec.get("log") else None
 
         if state is None:
@@ -398,7 +393,7 @@ class Supervisor:
                 view = self.view(run_dir)
         if view.live:
             raise UserError(f"run {view.name} is still running; stop it before resuming")
-        snap = latest_snapshot(run_dir)
+        snap = run_files.latest_snapshot(run_dir)
         if snap is None:
             raise UserError(f"run {run_dir.name} has no snapshot to resume from yet")
         rec = view.launch
@@ -428,19 +423,12 @@ class Supervisor:
 
 def settings_from_run(run_dir: Path):
     """(data, cfg, options, total kimg) of a run started outside the dashboard, from training_options.json."""
-    opts = _read_json(run_dir / "training_options.json") or {}
+    opts = run_files.read_options(run_dir) or {}
     data, cfg, total = opts.get("data"), opts.get("cfg"), opts.get("total_kimg")
     if not data or not cfg or not total:
         raise UserError(f"run {run_dir.name} has no record of its dataset and length; resume it from the command line")
     # training_options.json holds the resolved numbers; pass the ones a user sets so the run goes on unchanged.
-    names = {"batch_size": "batch", "r1_gamma": "gamma", "snap": "snap", "kimg_per_tick": "tick", "mirror": "mirror",
-             "aug": "aug", "augpipe": "augpipe", "ada_target": "target", "seed": "seed", "cond": "cond"}
-    options = {flag: opts[key] for key, flag in names.items() if opts.get(key) is not None}
-    if opts.get("aug") == "fixed" and opts.get("aug_p") is not None:
-        options["p"] = opts["aug_p"]
-    metrics = opts.get("metrics")
-    options["metrics"] = ",".join(metrics) if isinstance(metrics, list) and metrics else "none"
-    return data, cfg, options, float(total)
+    return data, cfg, user_settings(opts), float(total)
 
 
 def _num(v):

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import html
-import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
 from engine.errors import UserError
-from engine.train.expected import quality_text
+from engine.timefmt import format_time
 from engine.train import health
+from engine.train import options as settings
+from engine.train.expected import quality_text
+from engine.train.options import DEFAULT_AUGPIPE
 from engine.train.presets import PRESETS
-from engine.train import runs as run_files
-from engine.train.runs import read_metrics, read_stats
+from engine import runs as run_files
+from engine.runs import read_metrics, read_stats
 from ui import charts, estimate
-from ui.common import Studio, fmt_duration, friendly
+from ui.common import Studio, friendly
 from ui.data_tab import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor, settings_from_run
 
-AUGPIPES = ["bgc", "blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgcf", "bgcfn", "bgcfnc"]
-METRICS = ["auto", "none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full"]
+# The trainer's default pipe first: the menu opens on what a run gets without a choice.
+AUGPIPES = [DEFAULT_AUGPIPE] + [name for name in settings.AUGPIPES if name != DEFAULT_AUGPIPE]
+METRICS = list(settings.METRIC_CHOICES)
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
 AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
@@ -46,14 +50,11 @@ def fakes_files(run_dir: Path | None) -> list[Path]:
 
 def run_short(name: str) -> str:
     """'00003' of '00003-emoji16-tiny': how the buttons name a run."""
-    return name.split("-", 1)[0] if name[:5].isdigit() else name
+    return run_files.run_number(name) or name
 
 
 def run_options(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "training_options.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return run_files.read_options(run_dir) or {}
 
 
 def best_fid(run_dir: Path) -> float | None:
@@ -166,7 +167,7 @@ def status_html(v: RunView | None, stats: list[dict]) -> str:
     if spk:
         parts.append(f"{spk:.1f} s/kimg")
     if v.state in ("running", "starting") and v.total_kimg:
-        parts.append(f"ETA {fmt_duration(max(0.0, (v.total_kimg - kimg) * spk))}" if spk
+        parts.append(f"ETA {format_time(max(0.0, (v.total_kimg - kimg) * spk), 'page')}" if spk
                      else "ETA measuring… (start-up not counted)")
     if gpu:
         parts.append(f"GPU memory {float(gpu):.2f} GB")
@@ -209,7 +210,7 @@ def form_values(v: RunView | None) -> dict | None:
         "dataset": Path(str(data)).name, "preset": cfg, "kimg": total,
         "batch": int(opts.get("batch") or 0), "gamma": float(opts.get("gamma") or 0),
         "snap": int(opts.get("snap") or 0), "tick": float(opts.get("tick") or 0),
-        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or "bgc",
+        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or DEFAULT_AUGPIPE,
         "p": float(opts["p"]) if opts.get("p") is not None else 0.2,
         "target": float(opts.get("target") or 0), "mirror": bool(int(opts.get("mirror") or 0)),
         "cond": bool(int(opts.get("cond") or 0)), "metrics": str(opts.get("metrics") or "none"),
@@ -255,79 +256,122 @@ def button_updates(v: RunView | None) -> tuple:
 
 
 def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
-    """The Train tab. Returns {'refresh': fn, 'outputs': [...] } for refreshing its choices from elsewhere."""
-    presets = preset_names()
+    """The Train tab: the settings form (left), the watched run (right), then the events of each part.
+
+    Returns {'refresh': fn, 'outputs': [...], 'watch': fn, 'fill': fn, ...} for refreshing it from elsewhere."""
     no_data = ("**No datasets yet.** Training needs a prepared dataset: open the *Data* tab, keep the built-in "
                "emoji set and press *Prepare dataset*, then come back here.")
     empty_md = gr.Markdown(no_data, visible=not dataset_choices(studio), elem_id="train-empty")
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            dataset = gr.Dropdown(dataset_choices(studio), value=(dataset_choices(studio) or [None])[0],
-                                  label="Dataset", elem_id="train-dataset", allow_custom_value=True)
-            with gr.Row():
-                preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="train-preset")
-                kimg = gr.Number(value=10, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
-                                 info="thousands of images shown to D")
-            with gr.Accordion("More settings", open=False):
-                with gr.Row():
-                    batch = gr.Number(value=0, precision=0, minimum=0, label="Batch (0 = preset's)",
-                                      elem_id="train-batch")
-                    gamma = gr.Number(value=0, minimum=0, label="R1 gamma (0 = preset's)")
-                with gr.Row():
-                    snap = gr.Number(value=0, precision=0, minimum=0, label="Snapshot every N ticks (0 = preset's)",
-                                     elem_id="train-snap")
-                    tick = gr.Number(value=0, minimum=0, label="kimg per tick (0 = preset's)", elem_id="train-tick")
-                with gr.Row():
-                    aug = gr.Radio(list(AUG_FLAG), value="ADA (adaptive)", label="Augmentation")
-                    augpipe = gr.Dropdown(AUGPIPES, value="bgc", label="Pipe")
-                with gr.Row():
-                    p = gr.Number(value=0.2, minimum=0, maximum=1, label="p (for fixed augmentation)")
-                    target = gr.Number(value=0, minimum=0, maximum=1, label="ADA target (0 = preset's, 0.6)")
-                with gr.Row():
-                    mirror = gr.Checkbox(value=False, label="Mirror (x-flip) images")
-                    cond = gr.Checkbox(value=False, label="Class-conditional")
-                metrics = gr.Dropdown(METRICS, value="auto", label="Metrics at each snapshot (auto: kid1k on a GPU)")
-                seed = gr.Number(value=0, precision=0, label="Seed")
-                start_from = gr.Radio([START_SCRATCH, START_SNAPSHOT, START_UPLOAD], value=START_SCRATCH,
-                                      label="Start from")
-                snapshot = gr.Dropdown([], label="Snapshot", visible=False, elem_id="train-from-snapshot",
-                                       allow_custom_value=True)
-                upload = gr.File(label="Network file (.pt or .pkl)", file_types=[".pt", ".pkl"], visible=False)
-                freezed = gr.Number(value=0, precision=0, minimum=0, label="Freeze D's first N layers",
-                                    visible=False)
-                force = gr.Checkbox(value=False, label="Run alongside a training already on this GPU")
-            with gr.Row():
-                start_btn = gr.Button(START_LABEL, variant="primary", elem_id="train-start-btn")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop-btn", visible=False)
-                resume_btn = gr.Button("Resume", elem_id="train-resume-btn", visible=False)
-            with gr.Group():
-                estimate_btn = gr.Button("Estimate time on this machine", size="sm", elem_id="train-estimate-btn")
-                estimate_md = gr.Markdown(elem_id="train-estimate")
+            form = _settings_form(studio)
         with gr.Column(scale=5):
-            with gr.Row():
-                run_pick = gr.Dropdown([NEWEST], value=NEWEST, label="Watching", elem_id="train-run", scale=4,
-                                       allow_custom_value=True)
-                refresh_btn = gr.Button("Refresh", size="sm", scale=1)
-            status = gr.HTML(status_html(None, []), elem_id="train-status")
-            health_md = gr.Markdown(elem_id="train-health")  # engine.train.health's warnings, on each refresh
-            plot = gr.Plot(label="Curves", elem_id="train-plot")
-            with gr.Row():
-                with gr.Column(scale=3):
-                    fakes = gr.Image(label="Generated images", interactive=False, elem_id="fakes-img",
-                                     type="filepath", height=320)
-                    fakes_slider = gr.Slider(0, 1, value=0, step=1, label="Grid (drag for earlier ones)",
-                                             elem_id="fakes-slider")
-                with gr.Column(scale=2):
-                    log_box = gr.Textbox(label="log.txt (last lines)", lines=14, max_lines=14, interactive=False,
-                                         elem_id="train-log", autoscroll=True)
-            # Long run names wrap inside their column, so every column fits the page's width.
-            runs = gr.Dataframe(headers=RUNS_HEADERS, interactive=False, label="Runs", elem_id="train-runs",
-                                wrap=True, column_widths=["34%", "16%", "9%", "17%", "10%", "14%"])
-    timer = gr.Timer(REFRESH_SEC)
-    seen = gr.State({})
-    form_of = gr.State({})  # {"run": name, "kimg": length} the form was filled from: tells a changed length
+            panel = _run_panel()
+    # Every component by name, and below what the sections share, so each section takes what it wires.
+    c = SimpleNamespace(**vars(form), **vars(panel), empty_md=empty_md)
+    c.timer = gr.Timer(REFRESH_SEC)
+    c.seen = gr.State({})
+    c.form_of = gr.State({})  # {"run": name, "kimg": length} the form was filled from: tells a changed length
+    c.form_fields = [c.dataset, c.preset, c.kimg, c.batch, c.gamma, c.snap, c.tick, c.aug, c.augpipe, c.p, c.target,
+                     c.mirror, c.cond, c.metrics, c.seed]
+    c.watch_inputs = [c.run_pick, c.fakes_slider, c.seen]
+    c.watch_outputs = [c.status, c.plot, c.fakes, c.fakes_slider, c.log_box, c.runs, c.seen, c.start_btn, c.stop_btn,
+                       c.resume_btn]
 
-    # ------------------------------------------------------------------ reading the run
+    _run_reading(sup, c)
+    _form_filling(studio, sup, c)
+    _start_stop_resume(studio, sup, c)
+    _estimate_button(studio, sup, c)
+    _following(c)
+    return _refreshers(studio, c)
+
+
+# ---------------------------------------------------------------------------------------------- the layout
+
+
+def _settings_form(studio: Studio) -> SimpleNamespace:
+    """The left column: dataset, preset, length, more settings, start source and the buttons."""
+    presets = preset_names()
+    dataset = gr.Dropdown(dataset_choices(studio), value=(dataset_choices(studio) or [None])[0],
+                          label="Dataset", elem_id="train-dataset", allow_custom_value=True)
+    with gr.Row():
+        preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="train-preset")
+        kimg = gr.Number(value=10, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
+                         info="thousands of images shown to D")
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            batch = gr.Number(value=0, precision=0, minimum=0, label="Batch (0 = preset's)",
+                              elem_id="train-batch")
+            gamma = gr.Number(value=0, minimum=0, label="R1 gamma (0 = preset's)")
+        with gr.Row():
+            snap = gr.Number(value=0, precision=0, minimum=0, label="Snapshot every N ticks (0 = preset's)",
+                             elem_id="train-snap")
+            tick = gr.Number(value=0, minimum=0, label="kimg per tick (0 = preset's)", elem_id="train-tick")
+        with gr.Row():
+            aug = gr.Radio(list(AUG_FLAG), value="ADA (adaptive)", label="Augmentation")
+            augpipe = gr.Dropdown(AUGPIPES, value=DEFAULT_AUGPIPE, label="Pipe")
+        with gr.Row():
+            p = gr.Number(value=0.2, minimum=0, maximum=1, label="p (for fixed augmentation)")
+            target = gr.Number(value=0, minimum=0, maximum=1, label="ADA target (0 = preset's, 0.6)")
+        with gr.Row():
+            mirror = gr.Checkbox(value=False, label="Mirror (x-flip) images")
+            cond = gr.Checkbox(value=False, label="Class-conditional")
+        metrics = gr.Dropdown(METRICS, value="auto", label="Metrics at each snapshot (auto: kid1k on a GPU)")
+        seed = gr.Number(value=0, precision=0, label="Seed")
+        start_from = gr.Radio([START_SCRATCH, START_SNAPSHOT, START_UPLOAD], value=START_SCRATCH,
+                              label="Start from")
+        snapshot = gr.Dropdown([], label="Snapshot", visible=False, elem_id="train-from-snapshot",
+                               allow_custom_value=True)
+        upload = gr.File(label="Network file (.pt or .pkl)", file_types=list(run_files.NETWORK_SUFFIXES),
+                         visible=False)
+        freezed = gr.Number(value=0, precision=0, minimum=0, label="Freeze D's first N layers",
+                            visible=False)
+        force = gr.Checkbox(value=False, label="Run alongside a training already on this GPU")
+    with gr.Row():
+        start_btn = gr.Button(START_LABEL, variant="primary", elem_id="train-start-btn")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop-btn", visible=False)
+        resume_btn = gr.Button("Resume", elem_id="train-resume-btn", visible=False)
+    with gr.Group():
+        estimate_btn = gr.Button("Estimate time on this machine", size="sm", elem_id="train-estimate-btn")
+        estimate_md = gr.Markdown(elem_id="train-estimate")
+    return SimpleNamespace(dataset=dataset, preset=preset, kimg=kimg, batch=batch, gamma=gamma, snap=snap, tick=tick,
+                           aug=aug, augpipe=augpipe, p=p, target=target, mirror=mirror, cond=cond, metrics=metrics,
+                           seed=seed, start_from=start_from, snapshot=snapshot, upload=upload, freezed=freezed,
+                           force=force, start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn,
+                           estimate_btn=estimate_btn, estimate_md=estimate_md)
+
+
+def _run_panel() -> SimpleNamespace:
+    """The right column: which run is watched, its status, curves, grids, log, and the table of runs."""
+    with gr.Row():
+        run_pick = gr.Dropdown([NEWEST], value=NEWEST, label="Watching", elem_id="train-run", scale=4,
+                               allow_custom_value=True)
+        refresh_btn = gr.Button("Refresh", size="sm", scale=1)
+    status = gr.HTML(status_html(None, []), elem_id="train-status")
+    health_md = gr.Markdown(elem_id="train-health")  # engine.train.health's warnings, on each refresh
+    plot = gr.Plot(label="Curves", elem_id="train-plot")
+    with gr.Row():
+        with gr.Column(scale=3):
+            fakes = gr.Image(label="Generated images", interactive=False, elem_id="fakes-img",
+                             type="filepath", height=320)
+            fakes_slider = gr.Slider(0, 1, value=0, step=1, label="Grid (drag for earlier ones)",
+                                     elem_id="fakes-slider")
+        with gr.Column(scale=2):
+            log_box = gr.Textbox(label="log.txt (last lines)", lines=14, max_lines=14, interactive=False,
+                                 elem_id="train-log", autoscroll=True)
+    # Long run names wrap inside their column, so every column fits the page's width.
+    runs = gr.Dataframe(headers=RUNS_HEADERS, interactive=False, label="Runs", elem_id="train-runs",
+                        wrap=True, column_widths=["34%", "16%", "9%", "17%", "10%", "14%"])
+    return SimpleNamespace(run_pick=run_pick, refresh_btn=refresh_btn, status=status, health_md=health_md, plot=plot,
+                           fakes=fakes,
+                           fakes_slider=fakes_slider, log_box=log_box, runs=runs)
+
+
+# ---------------------------------------------------------------------------------------------- the events
+
+
+def _run_reading(sup: Supervisor, c: SimpleNamespace) -> None:
+    """c.chosen_view, c.run_choices, c.snapshot_choices and c.watch: what the page reads of the runs."""
     def chosen_view(name) -> RunView | None:
         views = sup.runs()
         if name and name != NEWEST:
@@ -385,10 +429,12 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         return (status_html(v, stats), fig, img, slider, v.log_tail, runs_table(sup.runs(), {v.name: shown_kimg}),
                 memo, *button_updates(v))
 
-    watch_outputs = [status, plot, fakes, fakes_slider, log_box, runs, seen, start_btn, stop_btn, resume_btn]
+    c.chosen_view, c.run_choices, c.snapshot_choices, c.watch = chosen_view, run_choices, snapshot_choices, watch
 
-    form_fields = [dataset, preset, kimg, batch, gamma, snap, tick, aug, augpipe, p, target, mirror, cond, metrics,
-                   seed]
+
+def _form_filling(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
+    """c.fill: the form takes the watched run's settings (and its cached estimate)."""
+    chosen_view, form_fields = c.chosen_view, c.form_fields
 
     def fill_form(name):
         """The form shows the watched run's settings, so Resume and a new Start begin from what it used."""
@@ -414,18 +460,19 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
             return gr.skip()
         return estimate.describe(est, float(kimg_v or 0)) if est else gr.skip()
 
-    @friendly
-    def on_slider(name, value):
-        v = chosen_view(name)
-        grids = fakes_files(v.run_dir if v else None)
-        if not grids:
-            return None
-        i = max(0, min(int(value or 0), len(grids) - 1))
-        return str(grids[i])
+    c.fill = fill_form
+    c.fill_outputs = [*form_fields, c.form_of, c.estimate_md]
 
-    def on_start_from(choice):
-        return (gr.update(visible=choice == START_SNAPSHOT, choices=snapshot_choices()),
-                gr.update(visible=choice == START_UPLOAD), gr.update(visible=choice != START_SCRATCH))
+
+def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
+    """The Start, Stop and Resume buttons."""
+    chosen_view, run_choices, watch, watch_outputs = c.chosen_view, c.run_choices, c.watch, c.watch_outputs
+    dataset, preset, kimg, batch, gamma = c.dataset, c.preset, c.kimg, c.batch, c.gamma
+    snap, tick, aug, augpipe, p = c.snap, c.tick, c.aug, c.augpipe, c.p
+    target, mirror, cond, metrics, seed = c.target, c.mirror, c.cond, c.metrics, c.seed
+    start_from, snapshot, upload, freezed, force = c.start_from, c.snapshot, c.upload, c.freezed, c.force
+    seen, form_of, run_pick, fakes_slider, start_btn = c.seen, c.form_of, c.run_pick, c.fakes_slider, c.start_btn
+    stop_btn, resume_btn = c.stop_btn, c.resume_btn
 
     @friendly
     def do_start(ds, cfg, kimg_v, batch_v, gamma_v, snap_v, tick_v, aug_v, pipe_v, p_v, target_v, mirror_v,
@@ -449,7 +496,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
         elif from_v == START_UPLOAD:
             if not upload_v:
                 raise UserError("upload the network file to start from (.pt or .pkl)")
-            if Path(str(upload_v)).suffix.lower() not in (".pt", ".pkl"):
+            if not run_files.is_network_file(upload_v):
                 raise UserError("a network file ends in .pt or .pkl")
             resume = studio.keep_upload(upload_v, "networks", "network file")
         options = {
@@ -533,6 +580,12 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                      api_name="train_resume", concurrency_id="train").then(
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
 
+
+def _estimate_button(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
+    """Estimate time on this machine: a few timed steps."""
+    dataset, preset, kimg, batch, estimate_btn, estimate_md = (c.dataset, c.preset, c.kimg, c.batch, c.estimate_btn,
+                                                                c.estimate_md)
+
     @friendly
     def do_estimate(ds, cfg, kimg_v, batch_v, progress=gr.Progress()):
         if not ds:
@@ -548,7 +601,30 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     estimate_btn.click(do_estimate, [dataset, preset, kimg, batch], estimate_md, api_name="estimate",
                        concurrency_id="estimate", concurrency_limit=1)
 
-    fill_outputs = [*form_fields, form_of, estimate_md]
+
+def _following(c: SimpleNamespace) -> None:
+    """The page follows the watched run: on a new choice, on the timer, on Refresh; the grid slider and the start
+    source."""
+    chosen_view, snapshot_choices, run_choices, watch, watch_outputs = (c.chosen_view, c.snapshot_choices,
+                                                                        c.run_choices, c.watch, c.watch_outputs)
+    fill_form, fill_outputs = c.fill, c.fill_outputs
+    run_pick, fakes_slider, seen, log_box, fakes = c.run_pick, c.fakes_slider, c.seen, c.log_box, c.fakes
+    start_from, snapshot, upload, freezed, refresh_btn = c.start_from, c.snapshot, c.upload, c.freezed, c.refresh_btn
+    timer = c.timer
+
+    @friendly
+    def on_slider(name, value):
+        v = chosen_view(name)
+        grids = fakes_files(v.run_dir if v else None)
+        if not grids:
+            return None
+        i = max(0, min(int(value or 0), len(grids) - 1))
+        return str(grids[i])
+
+    def on_start_from(choice):
+        return (gr.update(visible=choice == START_SNAPSHOT, choices=snapshot_choices()),
+                gr.update(visible=choice == START_UPLOAD), gr.update(visible=choice != START_SCRATCH))
+
     run_pick.change(lambda: {}, None, seen, api_name=False).then(
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False).then(
         fill_form, run_pick, fill_outputs, api_name=False)
@@ -560,7 +636,12 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     timer.tick(watch, [run_pick, fakes_slider, seen], watch_outputs, api_name="train_watch",
                show_progress="hidden", concurrency_limit=None)
     timer.tick(lambda name: health.as_markdown(health.check_run(v.run_dir)) if (v := chosen_view(name)) and v.run_dir
-               else "", run_pick, health_md, api_name="train_health", show_progress="hidden")
+               else "", run_pick, c.health_md, api_name="train_health", show_progress="hidden")
+
+
+def _refreshers(studio: Studio, c: SimpleNamespace) -> dict:
+    """What app.py calls when the tab is opened or the page loads."""
+    run_choices, dataset, run_pick, empty_md = c.run_choices, c.dataset, c.run_pick, c.empty_md
 
     def refresh_choices(current):
         # The chosen dataset stays (it may be the watched run's); only a missing one falls back to the first.
@@ -570,8 +651,8 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
                 gr.update(visible=not names))
 
     return {"refresh": refresh_choices, "refresh_inputs": [dataset], "outputs": [dataset, run_pick, empty_md],
-            "watch": watch, "watch_inputs": [run_pick, fakes_slider, seen], "watch_outputs": watch_outputs,
-            "fill": fill_form, "fill_inputs": [run_pick], "fill_outputs": fill_outputs}
+            "watch": c.watch, "watch_inputs": c.watch_inputs, "watch_outputs": c.watch_outputs,
+            "fill": c.fill, "fill_inputs": [run_pick], "fill_outputs": c.fill_outputs}
 
 
 def _grid_label(grids: list[Path], idx: int, stats: list[dict] | None = None) -> str:
@@ -579,5 +660,5 @@ def _grid_label(grids: list[Path], idx: int, stats: list[dict] | None = None) ->
         return "Grid (none yet)"
     name = grids[idx].name
     kimg = run_files.fakes_kimg(grids[idx], stats)
-    what = "before training" if name == "fakes_init.png" else f"at {kimg:.3f} kimg" if kimg is not None else name
+    what = "before training" if name == run_files.FAKES_INIT else f"at {kimg:.3f} kimg" if kimg is not None else name
     return f"Grid {idx + 1} of {len(grids)}: {what}"

@@ -47,6 +47,7 @@ def run(args):
 
     from engine.errors import UserError
     from engine.metrics import append_metric_jsonl, compute_many, parse_metric_list
+    from engine.runs import is_run_folder
 
     names = parse_metric_list(args.metrics)
     if not names:
@@ -77,7 +78,7 @@ def run(args):
     if sys.stderr.isatty():
         print(file=sys.stderr)
     run_dir = os.path.dirname(os.path.abspath(args.network))
-    record = not args.no_record and os.path.isfile(os.path.join(run_dir, "training_options.json"))
+    record = not args.no_record and is_run_folder(run_dir)
     for result in results:
         line = {k: result[k] for k in ("results", "metric", "total_time", "total_time_str", "num_gpus", "detector")}
         line["snapshot_pkl"] = os.path.basename(args.network)

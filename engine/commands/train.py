@@ -6,6 +6,8 @@ train ... (the rank comes from torchrun's environment; --gpus is then ignored).
 
 import argparse
 
+from engine.train.options import AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS
+
 
 def _bool(text):
     t = str(text).strip().lower()
@@ -24,7 +26,9 @@ def _metric_list(text):
 
 
 def add_arguments(p):
-    from_presets = "auto, stylegan2, paper256, paper512, paper1024, cifar, tiny, small"
+    from engine.train.presets import preset_names
+
+    from_presets = ", ".join(preset_names())
     g = p.add_argument_group("required")
     g.add_argument("--data", required=True, metavar="PATH", help="prepared dataset (zip or folder)")
     g.add_argument("--outdir", required=True, metavar="DIR", help="where run folders are made")
@@ -53,11 +57,11 @@ def add_arguments(p):
     g.add_argument("--workers", type=int, metavar="N", help="data loader processes (default 3 on CUDA, 0 on CPU)")
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--aug", default="ada", choices=["ada", "noaug", "fixed"], help="augmentation mode (default ada)")
+    g.add_argument("--aug", default="ada", choices=list(AUG_MODES), help="augmentation mode (default ada)")
     g.add_argument("--p", type=float, metavar="P", help="augmentation probability (--aug fixed; start value for ada)")
     g.add_argument("--target", type=float, metavar="T", help="ADA target for E[sign(D(real))] (default 0.6)")
     g.add_argument("--augpipe", metavar="PIPE",
-                   help="blit, geom, color, filter, noise, cutout, bg, bgc (default), bgcf, bgcfn, bgcfnc")
+                   help=", ".join(f"{name} (default)" if name == DEFAULT_AUGPIPE else name for name in AUGPIPES))
 
     g = p.add_argument_group("transfer learning and resume")
     g.add_argument("--resume", metavar="PATH|latest",
@@ -87,7 +91,7 @@ def add_arguments(p):
     g = p.add_argument_group("performance")
     g.add_argument("--fp32", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
                    help="disable mixed precision (same as --precision fp32)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="auto: fp16 in the top 4 resolutions on CUDA, fp32 on the CPU")
     g.add_argument("--allow-tf32", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
                    help="allow TF32 matrix maths on Ampere and newer GPUs")

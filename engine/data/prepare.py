@@ -35,7 +35,8 @@ from engine.data import imaging
 from engine.data.imaging import Options, Skip
 from engine.data.sources import Item, Source, open_source
 from engine.errors import UserError
-from engine.fsutil import check_free_space, check_name_lengths, disk_full_message, is_disk_full, name_too_long_message
+from engine.fsutil import (check_free_space, check_name_lengths, disk_full_message, is_disk_full, name_too_long_message,
+                           temp_beside, write_text_atomic)
 
 IMAGES_PER_FOLDER = 1000
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same source and options give a byte-identical zip
@@ -445,8 +446,7 @@ def _report_doc(result: PrepareResult, src: Source, opts: Options, files, proces
 
 def _write_temp_report(path: Path, doc: dict) -> Path:
     """The report, complete and flushed, in a temporary beside `path` -> the temporary (removed on failure)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_beside(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(doc, indent=1))
@@ -459,12 +459,7 @@ def _write_temp_report(path: Path, doc: dict) -> Path:
 
 
 def _write_report(path: Path, doc: dict) -> None:
-    tmp = _write_temp_report(path, doc)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 # ----------------------------------------------------------------------------------------------------------------

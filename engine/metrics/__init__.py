@@ -18,7 +18,6 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -246,7 +245,9 @@ def append_metric_jsonl(run_dir, result, snapshot_name=None):
     for key in ("detector", "num_real", "num_gen", "fake_spread_ratio"):
         if key in result:
             record[key] = result[key]
-    path = Path(run_dir) / f"metric-{result['metric']}.jsonl"
+    from engine.runs import metric_path
+
+    path = metric_path(run_dir, result["metric"])
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return path

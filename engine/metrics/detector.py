@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
+from engine.fsutil import atomic_path
 
 NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 NVIDIA_FILE = "inception-2015-12-05.pt"
@@ -161,21 +162,19 @@ def download_nvidia(cache_dir=None, url=NVIDIA_URL, timeout=DEFAULT_TIMEOUT_S):
     folder = cache_root(cache_dir) / "detectors"
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / NVIDIA_FILE
-    tmp = folder / (NVIDIA_FILE + f".part{os.getpid()}")
     marker = folder / (NVIDIA_FILE + ".failed")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while True:
-                chunk = response.read(1 << 20)
-                if not chunk:
-                    break
-                f.write(chunk)
-        _check_nvidia(_jit_load(tmp, "cpu"))
-        os.replace(tmp, dest)
+        with atomic_path(dest, suffix=".part") as tmp:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+                while True:
+                    chunk = response.read(1 << 20)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+            _check_nvidia(_jit_load(tmp, "cpu"))
         marker.unlink(missing_ok=True)
         return dest
     except Exception as e:  # any network or file problem means: use the offline detector
-        tmp.unlink(missing_ok=True)
         try:
             marker.write_text(f"{time.time()}\n{url}\n{type(e).__name__}: {e}\n")
         except OSError:

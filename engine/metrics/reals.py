@@ -93,9 +93,9 @@ def real_features(dataset, path, detector, num_items, batch=32, cache_root=None,
     if cache_root is not None:
         resolution = int(getattr(dataset, "resolution", 0) or 0)
         file = cache_file(cache_root, path, detector.name, num_items, resolution)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + f".tmp{os.getpid()}.npy")
-        np.save(tmp, feats, allow_pickle=False)
-        os.replace(tmp, file)
+        from engine.fsutil import atomic_path
+
+        with atomic_path(file, suffix=".tmp.npy") as tmp:  # np.save adds .npy to any other name
+            np.save(tmp, feats, allow_pickle=False)
     # Stored as float32; the first run returns the same precision so first and later runs agree exactly.
     return feats.astype(np.float64), False

@@ -24,8 +24,8 @@ def _half_on_cuda(use_fp16, force_fp32, device):
     return torch.float32
 
 
-# oneDNN's CPU convolutions work in NHWC; NCHW activations are reordered on every call (the generator ran
-# 1.2-1.4x slower that way in bench/generate_speed.py).
+# oneDNN's CPU convolutions work in NHWC; NCHW activations are reordered on every call (the generator's cost of
+# that: docs/BENCHMARKS.md, "Speed on the CPU against NVIDIA's code").
 CPU_CHANNELS_LAST = True
 
 

@@ -28,6 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
+from engine.procs import pid_alive
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = ROOT / "extensions"
 
@@ -166,20 +168,6 @@ _loaded = set()
 
 # ----------------------------------------------------------------------------------------------- the lock
 
-def _pid_alive(pid):
-    try:
-        import psutil
-
-        return psutil.pid_exists(pid)
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True
-        return True
-
 
 class BuildLock:
     """Exclusive lock file with a heartbeat; stale locks (dead owner or no heartbeat) are taken over."""
@@ -205,7 +193,7 @@ class BuildLock:
         except ValueError:
             info = {}  # half written, or not ours: judged by age alone
         if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) \
-                and not _pid_alive(info["pid"]):
+                and not pid_alive(info["pid"]):
             return info
         return info if age > self.stale_s else None
 

@@ -24,22 +24,12 @@ import threading
 OPS = ("bias_act", "upfirdn2d", "conv2d_resample", "grid_sample")
 KERNEL_OPS = ("bias_act", "upfirdn2d")
 
-# CPU policy in "auto" mode, measured with `python bench/ops.py --device cpu` (2-core AVX-512 machine shared with
-# other jobs, torch 2.13 CPU, float32, best call of >= 9 alternating ref/compiled calls, 64 px and 256 px shapes):
-#   bias_act : the fused kernel makes one pass and one tensor where the reference makes 3-4 of each (and keeps
-#              more for autograd): lrelu forward+backward 2.1-2.4x, with clamp 4.2-4.3x; forward alone
-#              1.3-1.7x (a fresh output tensor's page faults cost as much as the pass itself). A plain bias add
-#              (linear, no clamp) is one native op in the reference too: 0.93-0.99x compiled -> reference.
-#              Below 64k elements the wrapper's Python and dispatcher overhead (~3 us forward, ~10 us
-#              forward+backward) wins over the saved passes: [8, 512] took 17 us against the reference's 15 us.
-#   upfirdn2d: NCHW: polyphase separable passes instead of a depthwise convolution over the zero-stuffed
-#              image: 1.5x-15x at every measured shape (forward 1.5-15x, forward+backward 1.8-5.4x), the
-#              smallest ([8, 3, 32, 32]) included -> no size threshold.
-#              Channels-last input (the networks' CPU layout) is filtered in that layout by the kernel too, so no
-#              reorder to NCHW and back: with it the 32 px training step is 1.16x the reference's speed. Resampling
-#              channels-last calls are 1.1-5.3x faster compiled; a plain filter (up = down = 1, 4x4 taps) is not:
-#              oneDNN's depthwise convolution in NHWC runs near memory speed and the kernel reached 0.76-0.92x of
-#              it, so those calls stay on the reference.
+# CPU policy in "auto" mode, from `python bench/ops.py --device cpu` (figures: docs/BENCHMARKS.md, "Compiled ops on
+# the CPU" and "Why the CPU policy is what it is"):
+#   bias_act : compiled, except a plain bias add (linear, no clamp: one native op on the reference path too) and
+#              calls under 64k elements, where the wrapper's Python and dispatcher overhead outweighs the passes saved.
+#   upfirdn2d: compiled at every size, except a plain filter (no resampling) on a channels-last tensor, where
+#              oneDNN's depthwise convolution is already as fast as memory allows.
 CPU_KERNEL = {"bias_act": True, "upfirdn2d": True}
 CPU_MIN_NUMEL = {"bias_act": 65536, "upfirdn2d": 0}
 CPU_CHANNELS_LAST_FILTER_REF = True

@@ -12,6 +12,8 @@ kernel's second-derivative mode; upfirdn2d's gradient is an upfirdn2d (flipped f
 
 import torch
 
+from engine.ops.reference import upfirdn2d_ref
+
 ACT_IDS = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "elu": 5, "selu": 6, "softplus": 7,
            "swish": 8}
 # Activations with a nonzero second derivative: their gradient depends on x, so x is kept for backward.
@@ -186,9 +188,7 @@ class Upfirdn2dKernel:
         """Same result as the reference upfirdn2d; x [N, C, H, W], f [fh, fw], [k] (separable) or None."""
         if f is not None and f.requires_grad and torch.is_grad_enabled():
             # The kernel has no filter gradient; the reference has.
-            from engine.ops.upfirdn2d import _upfirdn2d_ref
-
-            return _upfirdn2d_ref(x, f, *up, *down, *padding, flip_filter, gain)
+            return upfirdn2d_ref(x, f, *up, *down, *padding, flip_filter, gain)
         if x.ndim != 4:
             raise ValueError(f"upfirdn2d: x must be [N, C, H, W], got shape {list(x.shape)}")
         if f is None:

@@ -4,10 +4,9 @@ upfirdn2d(x, f, up, down, padding) = zero-insertion upsampling by `up`, padding 
 convolution with the FIR filter f, then keeping every `down`-th pixel.
 """
 
-import torch
-import torch.nn.functional as F
-
 from engine.ops import dispatch
+from engine.ops.reference import setup_filter  # noqa: F401  (part of this op's interface)
+from engine.ops.reference import upfirdn2d_ref as _upfirdn2d_ref
 
 
 def _pair(v, what):
@@ -40,33 +39,6 @@ def filter_size(f):
     return f.shape[1], f.shape[0]
 
 
-def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=False, gain=1, separable=None):
-    """Turn a list/array into a filter tensor.
-
-    A 1-D list becomes the 2-D outer product [fh, fw] unless `separable`; by default only long filters
-    (8+ taps) are kept separable. normalize: divide by the sum. gain: total gain of the 2-D filter.
-    """
-    # Made on the CPU even inside a `with torch.device(...)` block: a network laid out on the meta device (to be
-    # measured before it is built) keeps its few filter taps real, and meta-device outer products are slow to set up.
-    f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32, device="cpu")
-    if f.ndim not in (0, 1, 2) or f.numel() == 0:
-        raise ValueError(f"filter must be a non-empty scalar, 1-D or 2-D array, got shape {list(f.shape)}")
-    if f.ndim == 0:
-        f = f.reshape(1)
-    if separable is None:
-        separable = f.ndim == 1 and f.numel() >= 8
-    if f.ndim == 1 and not separable:
-        f = torch.outer(f, f)
-    if f.ndim != (1 if separable else 2):
-        raise ValueError("a 2-D filter cannot be separable")
-    if normalize:
-        f = f / f.sum()
-    if flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    f = f * (gain ** (f.ndim / 2))
-    return f.to(device=device)
-
-
 def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     """x: [N, C, H, W]; f: [fh, fw] or separable [k] or None (identity).
 
@@ -84,49 +56,6 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
         return kernel.upfirdn2d(x, f, up=(upx, upy), down=(downx, downy), padding=(px0, px1, py0, py1),
                                 flip_filter=flip_filter, gain=gain)
     return _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
-
-
-def _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
-    identity = f is None
-    if identity:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    n, c, h, w = x.shape
-
-    # Zero insertion: each pixel followed by up-1 zeros along each axis.
-    if upx > 1 or upy > 1:
-        x = x.reshape(n, c, h, 1, w, 1)
-        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-        x = x.reshape(n, c, h * upy, w * upx)
-
-    # Positive padding pads with zeros, negative padding crops. Symmetric padding of a 2-D filter is left to
-    # the convolution itself, which saves writing a padded copy.
-    conv_pad = 0
-    if not identity and f.ndim == 2 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-        conv_pad = (py0, px0)
-    else:
-        if max(px0, px1, py0, py1) > 0:
-            x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-        if min(px0, px1, py0, py1) < 0:
-            x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-
-    if identity:
-        x = x * gain if gain != 1 else x
-        return x[:, :, ::downy, ::downx] if (downx > 1 or downy > 1) else x
-
-    # conv2d correlates; a true convolution needs the flipped filter.
-    f = f.to(x.dtype) * (gain ** (f.ndim / 2))
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), padding=conv_pad, groups=c)
-    else:
-        k = f.shape[0]
-        x = F.conv2d(x, f.reshape(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-        x = F.conv2d(x, f.reshape(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-
-    if downx > 1 or downy > 1:
-        x = x[:, :, ::downy, ::downx]
-    return x
 
 
 def filter2d(x, f, padding=0, flip_filter=False, gain=1):

@@ -126,7 +126,7 @@ UPFIRDN2D_CASES = [
 
 
 def _filters(torch):
-    from engine.ops.upfirdn2d import setup_filter
+    from engine.ops.reference import setup_filter
     from engine.train.augment import symlet_lowpass
 
     sym6 = torch.as_tensor(symlet_lowpass(6), dtype=torch.float32)  # the augmentation's 12-tap filter, 1-D
@@ -197,8 +197,9 @@ def _cases(name, kernel, device, dtype):
     """(label, run_compiled, run_reference) for every case of op `name`."""
     import torch
 
-    from engine.ops.bias_act import _bias_act_ref, activation_funcs
-    from engine.ops.upfirdn2d import _upfirdn2d_ref
+    from engine.ops.reference import activation_funcs
+    from engine.ops.reference import bias_act_ref as _bias_act_ref
+    from engine.ops.reference import upfirdn2d_ref as _upfirdn2d_ref
 
     dt = getattr(torch, dtype)
     ref_dt = dt if dt in (torch.float32, torch.float64) else torch.float32
@@ -266,7 +267,7 @@ def run_check(name, device, dtype, kernel):
     worst, where, error, label = 0.0, "", None, ""
     t0 = time.perf_counter()
     # The inputs are tiny: on the CPU more threads only add wake-ups, which on a busy machine cost seconds
-    # (measured: 1.3 s on one thread against 3-23 s on two, with other jobs running).
+    # (docs/BENCHMARKS.md, "The compiled ops' check before first use").
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(1)
@@ -338,10 +339,9 @@ def read_verdict(name, device, dtype):
 
 
 def _write_verdict(path, v):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(v) + "\n")
-    os.replace(tmp, path)
+    from engine.fsutil import write_text_atomic
+
+    write_text_atomic(path, json.dumps(v) + "\n")
 
 
 def _isolated(device):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.train import runs
+from engine import runs
 
 KIMG = "Progress/kimg"
 AUGMENT = "Progress/augment"
@@ -342,8 +342,6 @@ class Monitor:
                                   adaptive=self.adaptive, limits=self.limits)
             best = None
             if self.run_dir is not None:
-                from engine.train import runs
-
                 metrics = runs.read_metrics(self.run_dir)
                 found += check_disk(self.run_dir, limits=self.limits)
                 found += check_metric_spread(metrics, limits=self.limits)

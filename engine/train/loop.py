@@ -27,7 +27,8 @@ import torch
 from engine.errors import UserError
 from engine.ops import dispatch
 from engine.timefmt import format_time
-from engine.train import distributed, health, runs, tensorboard
+from engine import runs
+from engine.train import distributed, health, tensorboard
 from engine.train.augment import AdaController, make_pipe
 from engine.train.loss import StyleGAN2Loss
 from engine.train.options import TrainConfig

@@ -1,12 +1,56 @@
-"""Settings of a training run, as plain dataclasses.
+"""Settings of a training run, as plain dataclasses, and the names the command line, the trainer and the dashboard
+share for them.
 
 TrainOptions is what the user asked for (None = "not given, use the preset"); TrainConfig is the resolved,
 complete set of numbers the loop runs with (presets.resolve() turns one into the other). Both convert to plain
 dicts for training_options.json and snapshots.
+
+This module (like presets.py) imports no torch, so the dashboard can take its menus from here without loading the
+networks and ops.
 """
 
 import dataclasses
 from dataclasses import dataclass, field
+
+AUG_MODES = ("ada", "noaug", "fixed")
+# NVIDIA's augmentation pipelines (augment.PIPES holds their strengths, under these names).
+AUGPIPES = ("blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc", "bgcf", "bgcfn", "bgcfnc")
+DEFAULT_AUGPIPE = "bgc"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# The metrics the dashboard offers; the trainer takes any fid<N>[k][_full] / kid<N>[k][_full] (engine.metrics).
+# "auto": cheap quality tracking where it costs little (engine/train/setup.py: default_metrics); "none": off.
+METRIC_CHOICES = ("auto", "none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full")
+
+# A TrainOptions field -> the TrainConfig field holding its resolved value, where the two names differ. Every
+# other field has the same name in both. The command-line flag of a field is flag(field): gamma -> --gamma,
+# batch_gpu -> --batch-gpu.
+CONFIG_FIELD = {"batch": "batch_size", "gamma": "r1_gamma", "tick": "kimg_per_tick", "kimg": "total_kimg",
+                "target": "ada_target", "p": "aug_p", "glr": "G_lr", "dlr": "D_lr"}
+# The settings a user chooses (not derived from the preset) that a resumed run must be given again to go on unchanged.
+USER_SETTINGS = ("batch", "gamma", "snap", "tick", "mirror", "aug", "augpipe", "target", "seed", "cond")
+
+
+def flag(option):
+    """The command-line flag of a TrainOptions field: 'batch_gpu' -> '--batch-gpu'."""
+    return "--" + option.replace("_", "-")
+
+
+def config_field(option):
+    """The TrainConfig field that holds the resolved value of TrainOptions field `option`."""
+    return CONFIG_FIELD.get(option, option)
+
+
+def user_settings(config):
+    """The options (by TrainOptions field name) that rebuild a run's chosen settings from its resolved config (a
+    TrainConfig dict, e.g. training_options.json): what a resume passes again. Metrics come as NVIDIA's
+    comma-separated list ('none' for none); p only for fixed augmentation, where it is the user's own value."""
+    options = {name: config[config_field(name)] for name in USER_SETTINGS
+               if config.get(config_field(name)) is not None}
+    if config.get("aug") == "fixed" and config.get(config_field("p")) is not None:
+        options["p"] = config[config_field("p")]
+    metrics = config.get("metrics")
+    options["metrics"] = ",".join(metrics) if isinstance(metrics, list) and metrics else "none"
+    return options
 
 
 @dataclass

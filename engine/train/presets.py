@@ -9,8 +9,7 @@ networks that train in minutes (`tiny`) or an hour or so (`small`) on a few core
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.train.augment import PIPES
-from engine.train.options import TrainConfig, TrainOptions
+from engine.train.options import AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS, TrainConfig, TrainOptions, flag
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,9 @@ def _positive(name, value, kind=float):
     try:
         value = kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"--{name} {value!r} is not a number") from None
+        raise UserError(f"{flag(name)} {value!r} is not a number") from None
     if value <= 0:
-        raise UserError(f"--{name} must be positive, got {value}")
+        raise UserError(f"{flag(name)} must be positive, got {value}")
     return value
 
 
@@ -107,7 +106,7 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
 
     if mb % gpus != 0:
         raise UserError(f"--batch {mb} must be a multiple of --gpus {gpus}")
-    batch_gpu = _positive("batch-gpu", options.batch_gpu, int) or mb // gpus
+    batch_gpu = _positive("batch_gpu", options.batch_gpu, int) or mb // gpus
     if mb % (batch_gpu * gpus) != 0:
         raise UserError(f"--batch {mb} must be a multiple of --batch-gpu {batch_gpu} x --gpus {gpus}")
     if options.mbstd_group is not None:
@@ -122,7 +121,7 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
     glr = _positive("glr", options.glr) or lrate
     dlr = _positive("dlr", options.dlr) or lrate
 
-    if options.precision not in ("auto", "fp32", "fp16", "bf16"):
+    if options.precision not in PRECISIONS:
         raise UserError(f"--precision {options.precision!r}: choose auto, fp32, fp16 or bf16")
     precision = options.precision
     if precision == "auto":
@@ -148,11 +147,11 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
                     block_kwargs=dict(freeze_layers=int(options.freezed or 0)), mapping_kwargs={},
                     epilogue_kwargs=dict(mbstd_group_size=mbstd))
 
-    if options.aug not in ("ada", "noaug", "fixed"):
+    if options.aug not in AUG_MODES:
         raise UserError(f"--aug {options.aug!r}: choose ada, noaug or fixed")
-    augpipe = options.augpipe or "bgc"
-    if augpipe not in PIPES:
-        raise UserError(f"--augpipe {augpipe!r} is not a known pipeline; choose one of {', '.join(PIPES)}")
+    augpipe = options.augpipe or DEFAULT_AUGPIPE
+    if augpipe not in AUGPIPES:
+        raise UserError(f"--augpipe {augpipe!r} is not a known pipeline; choose one of {', '.join(AUGPIPES)}")
     aug_p = 0.0 if options.p is None else float(options.p)
     if not 0 <= aug_p <= 1:
         raise UserError(f"--p must be within [0, 1], got {aug_p}")

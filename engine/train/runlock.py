@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.procs import pid_alive
 
 LOCK_NAME = ".train.lock"
 _PATIENCE_S = 2.0
@@ -26,16 +27,6 @@ try:
     import fcntl
 except ImportError:  # Windows: the pid check alone
     fcntl = None
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True
-    return True
 
 
 def read_owner(run_dir):
@@ -111,7 +102,7 @@ def acquire(run_dir):
         if not locked:
             owner = read_owner(run_dir)
             pid = (owner or {}).get("pid")
-            if pid and int(pid) != os.getpid() and _pid_alive(pid):
+            if pid and int(pid) != os.getpid() and pid_alive(pid):
                 raise _refusal(run_dir, owner)
         record = json.dumps({"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
         os.ftruncate(fd, 0)
@@ -133,20 +124,17 @@ def _stale_candidates(run_dir):
 def sweep_outdir(outdir, own_run_dir=None):
     """Remove the temporaries that killed trainers left in the other run folders of `outdir` (runs that may never
     be resumed) -> [(name, bytes)]. A folder whose trainer is alive is left alone."""
-    from engine.train.runs import RUN_RE
+    from engine.runs import run_dirs
 
     removed = []
-    try:
-        folders = [p for p in Path(outdir).iterdir() if RUN_RE.match(p.name) and p.is_dir()]
-    except OSError:
-        return removed
+    folders = run_dirs(outdir)
     own = Path(own_run_dir).resolve() if own_run_dir else None
     for folder in folders:
         if (own is not None and folder.resolve() == own) or not _stale_candidates(folder):
             continue
         if fcntl is None:
             pid = (read_owner(folder) or {}).get("pid")
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 continue
             removed.extend(remove_stale_temporaries(folder))
             continue

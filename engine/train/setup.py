@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
-from engine.train import presets, runs
-from engine.train.options import TrainConfig, TrainOptions
+from engine import runs
+from engine.train import presets
+from engine.train.options import TrainConfig, TrainOptions, config_field, flag
 
 
 def dataset_facts(options: TrainOptions):
@@ -99,7 +100,7 @@ def resolve_resume(options: TrainOptions, facts):
         try:
             snap = load_snapshot(path)
         except UserError as e:
-            in_run = (path.parent / "training_options.json").exists()
+            in_run = runs.is_run_folder(path.parent)
             if not in_run:
                 snap = None  # not ours: let load_network try (it gives the precise error)
             else:
@@ -115,7 +116,7 @@ def resolve_resume(options: TrainOptions, facts):
                 path, snap = good, good_snap
     if snap is not None and is_snapshot(snap):
         full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
-        in_run = (path.parent / "training_options.json").exists()
+        in_run = runs.is_run_folder(path.parent)
         if full and in_run and _same_dataset(snap.get("dataset") or {}, facts):
             return "continue", path, snap
     return "transfer", path, snap
@@ -167,17 +168,14 @@ def _transfer_kwargs(cfg: TrainConfig, path, facts, options):
     cfg.D_kwargs = dkw
 
 
-# Numeric options: (flag, lowest allowed, whether the lowest itself is allowed, highest or None).
+# Numeric options: (lowest allowed, whether the lowest itself is allowed, highest or None).
 _NUMBER_RULES = {
-    "kimg": ("--kimg", 0, False, None), "tick": ("--tick", 0, False, None), "glr": ("--glr", 0, False, None),
-    "dlr": ("--dlr", 0, False, None), "gamma": ("--gamma", 0, True, None), "p": ("--p", 0, True, 1),
-    "target": ("--target", 0, True, 1), "style_mixing": ("--style-mixing", 0, True, 1),
-    "pl_weight": ("--pl-weight", 0, True, None), "batch": ("--batch", 1, True, None),
-    "batch_gpu": ("--batch-gpu", 1, True, None), "snap": ("--snap", 1, True, None), "map": ("--map", 1, True, None),
-    "cbase": ("--cbase", 1, True, None), "cmax": ("--cmax", 1, True, None),
-    "mbstd_group": ("--mbstd-group", 1, True, None), "subset": ("--subset", 1, True, None),
-    "workers": ("--workers", 0, True, None), "max_steps": ("--max-steps", 1, True, None),
-    "gpus": ("--gpus", 1, True, None), "freezed": ("--freezed", 0, True, None),
+    "kimg": (0, False, None), "tick": (0, False, None), "glr": (0, False, None), "dlr": (0, False, None),
+    "gamma": (0, True, None), "p": (0, True, 1), "target": (0, True, 1), "style_mixing": (0, True, 1),
+    "pl_weight": (0, True, None), "batch": (1, True, None), "batch_gpu": (1, True, None), "snap": (1, True, None),
+    "map": (1, True, None), "cbase": (1, True, None), "cmax": (1, True, None), "mbstd_group": (1, True, None),
+    "subset": (1, True, None), "workers": (0, True, None), "max_steps": (1, True, None), "gpus": (1, True, None),
+    "freezed": (0, True, None),
 }
 
 
@@ -185,7 +183,8 @@ def check_numbers(options: TrainOptions):
     """Every numeric option is a finite number in its range: one line naming the flag before anything is made."""
     import math
 
-    for name, (flag, low, low_ok, high) in _NUMBER_RULES.items():
+    for name, (low, low_ok, high) in _NUMBER_RULES.items():
+        flag_name = flag(name)
         value = getattr(options, name, None)
         if value is None:
             continue
@@ -193,16 +192,16 @@ def check_numbers(options: TrainOptions):
             try:
                 value = float(value)
             except ValueError:
-                raise UserError(f"{flag} {value!r} is not a number") from None
+                raise UserError(f"{flag_name} {value!r} is not a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{flag} {value!r} is not a number")
+            raise UserError(f"{flag_name} {value!r} is not a number")
         if not math.isfinite(value):
-            raise UserError(f"{flag} {value} is not a finite number; give an ordinary number such as "
+            raise UserError(f"{flag_name} {value} is not a finite number; give an ordinary number such as "
                             f"{'1' if low >= 1 else '0.5'}")
         if value < low or (value == low and not low_ok):
-            raise UserError(f"{flag} must be {'at least' if low_ok else 'above'} {low}, got {value:g}")
+            raise UserError(f"{flag_name} must be {'at least' if low_ok else 'above'} {low}, got {value:g}")
         if high is not None and value > high:
-            raise UserError(f"{flag} must be within [{low}, {high}], got {value:g}")
+            raise UserError(f"{flag_name} must be within [{low}, {high}], got {value:g}")
 
 
 # Quality tracking when no --metrics is given: KID of this many generated images (against as many real ones,
@@ -277,11 +276,12 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         cfg.device = device
         cfg.num_gpus = world_size
         if options.kimg is not None:
-            cfg.total_kimg = float(options.kimg)
+            setattr(cfg, config_field("kimg"), float(options.kimg))
+        # What a continued run may change; everything else stays as the snapshot recorded it.
         for name in ("snap", "tick", "workers", "progress", "max_steps"):
             value = getattr(options, name)
             if value is not None:
-                setattr(cfg, {"tick": "kimg_per_tick"}.get(name, name), value)
+                setattr(cfg, config_field(name), value)
         if options.snap is not None:
             cfg.image_snap = int(options.snap)
         if options.metrics:

@@ -9,9 +9,11 @@ half-written status gives None.
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
+
+from engine.fsutil import atomic_open, write_json_atomic
+from engine.procs import pid_alive
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 # NVIDIA's names (KKKKKK = kimg, rounded down), or with _III (the images past that kimg, 000-999) for a second and
@@ -21,28 +23,54 @@ FAKES_RE = re.compile(r"^fakes(\d{6})(?:_(\d{3}))?\.png$")
 # Any snapshot name a record may carry: ours (.pt) or NVIDIA's (.pkl), as a file name or a path.
 ANY_SNAPSHOT_RE = re.compile(r"network-snapshot-(\d{6})(?:_(\d{3}))?\.(?:pt|pkl)$")
 
+FAKES_INIT = "fakes_init.png"  # the grid drawn before the first step
+
 STATES = ("running", "stopped", "finished", "failed")
+# Every network file a user may pick or upload: our snapshots and exports, and NVIDIA's pickles.
+NETWORK_SUFFIXES = (".pt", ".pkl")
+SNAPSHOT_PREFIX = "network-snapshot-"
+STATUS_FILE = "status.json"
+OPTIONS_FILE = "training_options.json"
+STATS_FILE = "stats.jsonl"
+LOG_FILE = "log.txt"
+
+
+def is_network_file(name):
+    """True for a file name ending in one of NETWORK_SUFFIXES (any case)."""
+    return Path(str(name)).suffix.lower() in NETWORK_SUFFIXES
+
+
+def run_number(name):
+    """'00003' of a run folder name '00003-emoji16-tiny', or None for any other name."""
+    m = RUN_RE.match(str(name))
+    return m.group(1) if m else None
+
+
+def run_dirs(outdir):
+    """Every run folder (<NNNNN>-<desc>) under outdir, in name order; [] when outdir does not exist."""
+    outdir = Path(outdir)
+    try:
+        return sorted(p for p in outdir.iterdir() if RUN_RE.match(p.name) and p.is_dir())
+    except OSError:
+        return []
+
+
+def log_path(run_dir):
+    """<run_dir>/log.txt: the trainer's console lines."""
+    return Path(run_dir) / LOG_FILE
+
+
+def has_status(run_dir):
+    """Whether the trainer has written the run's status.json yet."""
+    return (Path(run_dir) / STATUS_FILE).exists()
+
+
+def is_run_folder(folder):
+    """Whether `folder` holds a run of this program (its training_options.json), not just any network file."""
+    return (Path(folder) / OPTIONS_FILE).exists()
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path, data):
-    """Write JSON to a temporary file in the same folder and rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def append_jsonl(path, record):
@@ -58,7 +86,7 @@ def next_run_dir(outdir, desc):
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     while True:
-        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := RUN_RE.match(p.name)) and p.is_dir()]
+        ids = [int(run_number(p.name)) for p in run_dirs(outdir)]
         run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
         try:
             run_dir.mkdir()
@@ -73,7 +101,7 @@ def write_status(run_dir, state, *, kimg, total_kimg, tick, sec_per_kimg=None, s
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
     now = time.time()
-    write_json_atomic(Path(run_dir) / "status.json", {
+    write_json_atomic(Path(run_dir) / STATUS_FILE, {
         "state": state, "pid": int(pid if pid is not None else os.getpid()), "kimg": float(kimg),
         "total_kimg": float(total_kimg), "tick": int(tick),
         "sec_per_kimg": None if sec_per_kimg is None else float(sec_per_kimg),
@@ -92,7 +120,7 @@ def _true_name(prefix, suffix, cur_nimg, run_dir):
 
 def snapshot_name(cur_nimg, run_dir=None):
     """network-snapshot-KKKKKK.pt, or network-snapshot-KKKKKK_III.pt when run_dir has one of that kimg already."""
-    return _true_name("network-snapshot-", ".pt", cur_nimg, run_dir)
+    return _true_name(SNAPSHOT_PREFIX, ".pt", cur_nimg, run_dir)
 
 
 def fakes_name(cur_nimg, run_dir=None):
@@ -120,11 +148,9 @@ def truncate_jsonl(path, keep):
     if not path.exists():
         return
     kept = [r for r in _read_jsonl(path) if keep(r)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path) as f:
         for r in kept:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
@@ -149,32 +175,27 @@ def _read_jsonl(path):
     return records
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True
-    return True
-
-
 def read_status(run_dir):
     """status.json as a dict (plus 'alive': whether its pid still runs), or None if missing or unreadable."""
     try:
-        with open(Path(run_dir) / "status.json") as f:
+        with open(Path(run_dir) / STATUS_FILE) as f:
             status = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
     if not isinstance(status, dict):
         return None
-    status["alive"] = status.get("state") == "running" and _pid_alive(status.get("pid", -1))
+    status["alive"] = status.get("state") == "running" and pid_alive(status.get("pid", -1))
     return status
 
 
 def read_stats(run_dir):
     """stats.jsonl as a list of dicts, one per tick (a torn last line is skipped)."""
-    return _read_jsonl(Path(run_dir) / "stats.jsonl")
+    return _read_jsonl(Path(run_dir) / STATS_FILE)
+
+
+def metric_path(run_dir, metric):
+    """<run_dir>/metric-<metric>.jsonl: NVIDIA's file of one metric's records."""
+    return Path(run_dir) / f"metric-{metric}.jsonl"
 
 
 def read_metrics(run_dir):
@@ -188,12 +209,18 @@ def read_metrics(run_dir):
     return out
 
 
+def write_options(run_dir, options):
+    """training_options.json (the resolved settings, a dict), written atomically."""
+    write_json_atomic(Path(run_dir) / OPTIONS_FILE, options)
+
+
 def read_options(run_dir):
+    """training_options.json as a dict, or None if missing, unreadable or not an object."""
     try:
-        with open(Path(run_dir) / "training_options.json") as f:
+        with open(Path(run_dir) / OPTIONS_FILE) as f:
             d = json.load(f)
         return d if isinstance(d, dict) else None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
@@ -219,7 +246,7 @@ def list_fakes(run_dir):
     if run_dir is None or not run_dir.is_dir():
         return []
     grids = sorted((_name_key(m), p) for p in run_dir.iterdir() if (m := FAKES_RE.match(p.name)))
-    init = run_dir / "fakes_init.png"
+    init = run_dir / FAKES_INIT
     return ([(None, init)] if init.is_file() else []) + [(snapshot_kimg(p.name), p) for _, p in grids]
 
 
@@ -256,10 +283,8 @@ def list_runs(outdir):
     if not outdir.is_dir():
         return []
     runs = []
-    for p in outdir.iterdir():
+    for p in run_dirs(outdir):
         m = RUN_RE.match(p.name)
-        if not m or not p.is_dir():
-            continue
         status = read_status(p) or {}
         options = read_options(p) or {}
         snap = latest_snapshot(p)
