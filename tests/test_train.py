@@ -383,3 +383,28 @@ def test_snapshot_layout_is_unchanged(data, tmp_path, aug):
                                                        "mode": "ada", "target": 0.6}
         assert snap["rng"]["ranks"][0]["ada_acc"].dtype == torch.float64
     assert snap["progress"]["cur_nimg"] == 4 and snap["progress"]["batch_idx"] == 1 and snap["rng"]["world_size"] == 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grids_of_large_images_shrink_the_sheet_to_about_1024_pixels(tmp_path, channels):
+    import numpy as np
+
+    from engine.train.grids import GridSetup
+
+    class Images:  # four 1024 px images, each one flat colour
+        resolution = 1024
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return np.full([channels, 1024, 1024], 40 * (i + 1), np.uint8), np.zeros([0], np.float32)
+
+    grid = GridSetup(Images(), torch.zeros([4, 0]), z_dim=4, seed=0)
+    assert (grid.cols, grid.rows) == (2, 2)
+    grid.save_reals(tmp_path / "reals.png")
+    with Image.open(tmp_path / "reals.png") as im:
+        assert im.size == (1024, 1024) and im.mode == ("L" if channels == 1 else "RGB")
+        sheet = np.asarray(im)
+    corners = [sheet[0, 0], sheet[0, 1023], sheet[1023, 0], sheet[1023, 1023]]
+    assert [int(np.ravel(c)[0]) for c in corners] == [40 * (i + 1) for i in grid.indices]
