@@ -24,6 +24,7 @@ FAKES_RE = re.compile(r"^fakes(\d{6})(?:_(\d{3}))?\.png$")
 ANY_SNAPSHOT_RE = re.compile(r"network-snapshot-(\d{6})(?:_(\d{3}))?\.(?:pt|pkl)$")
 
 FAKES_INIT = "fakes_init.png"  # the grid drawn before the first step
+REALS = "reals.png"  # a grid of the training images
 
 STATES = ("running", "stopped", "finished", "failed")
 # Every network file a user may pick or upload: our snapshots and exports, and NVIDIA's pickles.
@@ -198,15 +199,17 @@ def metric_path(run_dir, metric):
     return Path(run_dir) / f"metric-{metric}.jsonl"
 
 
-def read_metrics(run_dir):
-    """{metric name: [records of metric-<name>.jsonl]}."""
-    out = {}
+def metric_files(run_dir):
+    """{metric name: <run_dir>/metric-<name>.jsonl} of the metric files a run has, in name order."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return out
-    for p in sorted(run_dir.glob("metric-*.jsonl")):
-        out[p.stem[len("metric-"):]] = _read_jsonl(p)
-    return out
+        return {}
+    return {p.stem[len("metric-"):]: p for p in sorted(run_dir.glob("metric-*.jsonl"))}
+
+
+def read_metrics(run_dir):
+    """{metric name: [records of metric-<name>.jsonl]}."""
+    return {name: _read_jsonl(p) for name, p in metric_files(run_dir).items()}
 
 
 def write_options(run_dir, options):

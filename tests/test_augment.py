@@ -259,6 +259,11 @@ def test_ada_controller_state_round_trip():
     ada2 = AdaController(pipe2)
     ada2.load_state_dict(state)
     assert pipe2.p == 0.37 and torch.equal(ada2.acc, ada.acc)
+    # A resume with another number of processes has no [sum, count] for this rank: p comes back, the interval
+    # starts afresh.
+    ada3 = AdaController(make_pipe("bgc"))
+    ada3.load_state_dict({"p": 0.25, "acc": None})
+    assert ada3.pipe.p == 0.25 and ada3.acc.tolist() == [0.0, 0.0]
 
 
 def test_unknown_pipe_is_a_user_error():

@@ -302,17 +302,17 @@ def test_a_write_failing_for_space_is_the_disk_full_line_and_leaves_no_temporary
 
 
 def test_disk_full_during_training_fails_the_run_with_that_line(data, tmp_path, monkeypatch):
-    from engine.train import loop
+    from engine.train import process
 
     monkeypatch.setattr(fsutil, "free_bytes", lambda path: 1000)
-    real_line = loop.Logger.line
+    real_line = process.Logger.line
 
     def line(self, text):  # the full disk refuses the log's last line as well
         if text.startswith("failed:"):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_line(self, text)
 
-    monkeypatch.setattr(loop.Logger, "line", line)
+    monkeypatch.setattr(process.Logger, "line", line)
     with pytest.raises(UserError, match="the disk is full"):
         train(tiny_options(data, tmp_path / "runs", kimg=0.004))
     (run,) = runs.list_runs(tmp_path / "runs")

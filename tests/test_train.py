@@ -386,3 +386,90 @@ def test_cli_dry_run_and_error_line(data, tmp_path):
     out = subprocess.run([sys.executable, "-m", "engine", "train", "--data", str(tmp_path / "none"), "--outdir",
                           str(tmp_path)], cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr
+
+
+# What a snapshot holds, as the trainer wrote it before the loop was split into modules: a resume and every
+# reader of older runs depend on these names and kinds staying as they are.
+SNAPSHOT_LAYOUT = {
+    "format": "str", "version": "int",
+    "G": {"kwargs": "dict", "state": "dict"}, "D": {"kwargs": "dict", "state": "dict"},
+    "G_ema": {"kwargs": "dict", "state": "dict"},
+    "augment": {"p": "float", "pipe": "str", "kwargs": "dict", "mode": "str", "target": "float"},
+    "progress": {"cur_nimg": "int", "kimg": "float", "tick": "int", "batch_idx": "int", "pl_mean": "float",
+                 "total_sec": "float", "total_kimg": "float"},
+    "optimizers": {"G": "dict", "D": "dict"},
+    "options": "dict", "dataset": "dict",
+    "rng": {"world_size": "int", "batch_gen": "Tensor",
+            "ranks": [{"ada_acc": "Tensor", "pl_mean": "float",
+                       "rng": {"torch": "Tensor", "cuda": "NoneType",
+                               "numpy": {"name": "str", "keys": "Tensor", "pos": "int", "has_gauss": "int",
+                                         "cached_gaussian": "float"},
+                               "python": {"version": "int", "state": "list", "gauss": "NoneType"}}}]},
+}
+OPAQUE = {("G", "kwargs"), ("G", "state"), ("D", "kwargs"), ("D", "state"), ("G_ema", "kwargs"), ("G_ema", "state"),
+          ("augment", "kwargs"), ("optimizers", "G"), ("optimizers", "D"), ("options",), ("dataset",),
+          ("rng", "ranks", "rng", "python", "state")}
+
+
+def _layout(value, path=()):
+    """Nested names and kinds of a snapshot; the contents of networks, optimisers and options stay opaque."""
+    if path not in OPAQUE:
+        if isinstance(value, dict):
+            return {k: _layout(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [_layout(v, path) for v in value]
+    return type(value).__name__
+
+
+@pytest.mark.parametrize("aug", ["ada", "noaug"])
+def test_snapshot_layout_is_unchanged(data, tmp_path, aug):
+    from engine.checkpoint import load_snapshot
+    from engine.nets import Discriminator, Generator
+    from engine.train.augment import make_pipe
+
+    assert train(tiny_options(data, tmp_path, kimg=0.004, aug=aug, p=0.2)) == 0
+    run = only_run(tmp_path)
+    snap = load_snapshot(runs.latest_snapshot(run))
+    expected = json.loads(json.dumps(SNAPSHOT_LAYOUT))
+    if aug == "noaug":
+        expected["augment"] = "NoneType"
+        expected["rng"]["ranks"][0]["ada_acc"] = "NoneType"
+    assert _layout(snap) == expected
+    # The opaque parts: what the networks, the pipe and the options themselves name.
+    options = json.loads((run / "training_options.json").read_text())
+    assert snap["options"] == options and snap["dataset"] == options["dataset"]
+    G, D = Generator(**options["G_kwargs"]), Discriminator(**options["D_kwargs"])
+    for name, net in (("G", G), ("D", D), ("G_ema", G)):
+        assert set(snap[name]["state"]) == set(net.state_dict()), name
+    assert set(snap["optimizers"]["G"]) == {"state", "param_groups"}
+    if aug == "ada":
+        assert snap["augment"]["kwargs"] == make_pipe(options["augpipe"]).init_kwargs
+        assert snap["augment"] | {"kwargs": None} == {"p": snap["augment"]["p"], "pipe": "bgc", "kwargs": None,
+                                                       "mode": "ada", "target": 0.6}
+        assert snap["rng"]["ranks"][0]["ada_acc"].dtype == torch.float64
+    assert snap["progress"]["cur_nimg"] == 4 and snap["progress"]["batch_idx"] == 1 and snap["rng"]["world_size"] == 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grids_of_large_images_shrink_the_sheet_to_about_1024_pixels(tmp_path, channels):
+    import numpy as np
+
+    from engine.train.grids import GridSetup
+
+    class Images:  # four 1024 px images, each one flat colour
+        resolution = 1024
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return np.full([channels, 1024, 1024], 40 * (i + 1), np.uint8), np.zeros([0], np.float32)
+
+    grid = GridSetup(Images(), torch.zeros([4, 0]), z_dim=4, seed=0)
+    assert (grid.cols, grid.rows) == (2, 2)
+    grid.save_reals(tmp_path / "reals.png")
+    with Image.open(tmp_path / "reals.png") as im:
+        assert im.size == (1024, 1024) and im.mode == ("L" if channels == 1 else "RGB")
+        sheet = np.asarray(im)
+    corners = [sheet[0, 0], sheet[0, 1023], sheet[1023, 0], sheet[1023, 1023]]
+    assert [int(np.ravel(c)[0]) for c in corners] == [40 * (i + 1) for i in grid.indices]

@@ -33,7 +33,7 @@ def test_training_steps_on_cuda(tmp_path, precision):
 
 
 def test_cuda_backend_flags(tmp_path):
-    from engine.train.loop import configure_backends
+    from engine.train.process import configure_backends
 
     class Cfg:
         cudnn_benchmark = True

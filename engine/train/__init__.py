@@ -1,1 +1,2 @@
-"""Training: the StyleGAN2-ADA loop (loop.py), its loss, ADA augmentation, presets and run folders."""
+"""Training: the StyleGAN2-ADA loop (loop.py) with its process plumbing, snapshots and grids beside it, its loss,
+ADA augmentation, presets and run folders."""

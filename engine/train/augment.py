@@ -498,10 +498,6 @@ class AdaController:
         self.acc += torch.stack([signs.sum(), torch.tensor(float(signs.numel()), dtype=torch.float64,
                                                              device=signs.device)])
 
-    def due(self, batch_idx):
-        """Whether the step that just finished (counted from 0 by batch_idx) ends an interval."""
-        return (batch_idx + 1) % self.interval == 0
-
     def update(self, totals):
         """totals: this interval's [sum, count] summed over ranks (python floats); adjusts pipe.p."""
         total, count = totals
@@ -515,9 +511,13 @@ class AdaController:
         return self.pipe.p
 
     def state_dict(self):
+        """p and this rank's [sum, count] of the interval under way (snapshots keep the latter per rank)."""
         return {"p": float(self.pipe.p), "acc": self.acc.detach().cpu().clone(), "target": self.target,
                 "interval": self.interval, "speed_kimg": self.speed_kimg}
 
     def load_state_dict(self, state):
+        """Restore p, and the [sum, count] where the state has one (a resume with another number of processes
+        has none for this rank: the interval then starts afresh)."""
         self.pipe.p = float(state["p"])
-        self.acc.copy_(state["acc"].to(self.acc))
+        if state.get("acc") is not None:
+            self.acc.copy_(state["acc"].to(self.acc))

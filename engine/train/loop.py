@@ -1,4 +1,4 @@
-"""The StyleGAN2-ADA training loop. Read training_loop() top to bottom; helpers follow it.
+"""The StyleGAN2-ADA training loop. Read training_loop() top to bottom; the helpers it calls follow it.
 
 One call of training_loop() is one process (one GPU, or the CPU). With several processes every rank runs the same
 code on its slice of each minibatch; gradients, ADA statistics and training statistics are averaged or summed
@@ -9,47 +9,34 @@ Per step (one minibatch of batch_size images over all ranks):
     each with its own optimiser step; then the G_ema update, and every ada_interval (4) steps the ADA update.
 Per tick (kimg_per_tick thousand images): statistics, log line, status.json; every `snap` ticks a grid of fakes,
 a snapshot and the metrics.
+
+Beside this file: process.py (log, status.json, stop signals, seeds), snapshot.py (write, continue, transfer),
+grids.py (reals/fakes grids, metrics), state.py (TrainingState and the plain-data forms of its parts).
 """
 
 import copy
-import math
 import os
-import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
 
+from engine.checkpoint import load_snapshot
 from engine.errors import UserError
 from engine.ops import dispatch
 from engine.timefmt import format_time
 from engine import runs
 from engine.train import distributed, health, tensorboard
 from engine.train.augment import AdaController, make_pipe
+from engine.train.grids import GridSetup, run_metrics
 from engine.train.loss import StyleGAN2Loss
 from engine.train.options import TrainConfig
-from engine.train.state import capture_rng, copy_matching, fork_rng, restore_rng, to_cpu
+from engine.train.process import Logger, StatusWriter, StopRequest, configure_backends, seed_everything
+from engine.train.snapshot import restore_training_state, transfer_weights, truncate_history, write_snapshot
+from engine.train.state import Phase, TrainingState, fork_rng
 from engine.train.stats import StatsCollector
-
-
-@dataclass
-class Progress:
-    cur_nimg: int = 0
-    batch_idx: int = 0
-    tick: int = 0
-    total_sec: float = 0.0  # over all sessions of this run
-
-
-@dataclass
-class Phase:
-    name: str
-    module: torch.nn.Module
-    opt: torch.optim.Optimizer
-    interval: int
 
 
 def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
@@ -61,86 +48,36 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
     stopper.install()
     status = StatusWriter(cfg, env, session_start)
     try:
-        # ---- 1. Numerics and seeds -------------------------------------------------------------------------
+        # ---- 1. Numerics, seeds, data ----------------------------------------------------------------------
         configure_backends(cfg, device)
         # The initial weights depend on the seed only, not on the rank or the number of processes.
         seed_everything(cfg.seed)
-        # Latents, labels and the data order are drawn for the whole minibatch from one stream that is the same
-        # on every rank; each rank takes its slice. One process or several then see the same samples.
-        batch_gen = torch.Generator().manual_seed(cfg.seed)
-
-        # ---- 2. Data ---------------------------------------------------------------------------------------
         dataset = open_dataset(cfg)
-        label_table = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])
-                                       if dataset.label_dim and cfg.cond else np.zeros([len(dataset), 0], np.float32))
+        label_table = make_label_table(dataset, cfg)
 
-        # ---- 3. Networks -----------------------------------------------------------------------------------
-        from engine.nets import Discriminator, Generator
+        # ---- 2. Networks, augmentation, loss, optimisers ---------------------------------------------------
+        state, stats = build_training_state(cfg, env)
+        G, G_ema, loss, progress = state.G, state.G_ema, state.loss, state.progress
+        ada, pipe = state.ada, state.augment_pipe
 
-        G = Generator(**cfg.G_kwargs).train().requires_grad_(False).to(device)
-        D = Discriminator(**cfg.D_kwargs).train().requires_grad_(False).to(device)
-        G_ema = copy.deepcopy(G).eval()
-        # Per-rank streams for what each rank draws for its own samples (augmentation, noise, mixing, PL noise).
-        seed_everything(cfg.seed * env.world_size + env.rank)
+        # ---- 3. Starting point: fresh, continued run, or transfer from another network ----------------------
+        last_snapshot = start_from(cfg, env, state, log)
 
-        # ---- 4. Augmentation -------------------------------------------------------------------------------
-        augment_pipe = ada = None
-        if cfg.aug != "noaug":
-            augment_pipe = make_pipe(cfg.augpipe).train().requires_grad_(False).to(device)
-            augment_pipe.p = float(cfg.aug_p)
-            if cfg.aug == "ada":
-                ada = AdaController(augment_pipe, target=cfg.ada_target, interval=cfg.ada_interval,
-                                    speed_kimg=cfg.ada_kimg, batch_size=cfg.batch_size, device=device)
-
-        # ---- 5. Loss and optimisers (lazy regularisation rescales lr and betas by k / (k + 1)) -------------
-        stats = StatsCollector(device)
-        autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-        loss = StyleGAN2Loss(G, D, augment_pipe=augment_pipe, r1_gamma=cfg.r1_gamma,
-                             style_mixing_prob=cfg.style_mixing, pl_weight=cfg.pl_weight,
-                             pl_batch_shrink=cfg.pl_batch_shrink, pl_decay=cfg.pl_decay,
-                             autocast_dtype=autocast_dtype, stats=stats, ada=ada, device=device)
-        phases = build_phases(G, D, cfg)
-
-        # ---- 6. Starting point: fresh, continued run, or transfer from another network ----------------------
-        progress = Progress()
-        if cfg.resume_mode == "continue":
-            snap = load_training_snapshot(cfg.resume)
-            restore_training_state(snap, env, cfg, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen,
-                                   progress, log)
-            if env.is_main:
-                truncate_history(cfg.run_dir, progress.cur_nimg)
-            log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
-                     f"tick {progress.tick}, augment p {augment_pipe.p if augment_pipe else 0:.3f}")
-        elif cfg.resume_mode == "transfer":
-            transfer_weights(cfg.resume, G, D, G_ema, log)
-        for module in (G, D, G_ema):
-            distributed.broadcast_module(module, env)  # every rank starts from rank 0's exact weights
-
-        # ---- 7. Data stream (resumes at the exact minibatch) ------------------------------------------------
+        # ---- 4. Data stream (resumes at the exact minibatch) ------------------------------------------------
         sampler = MinibatchSampler(len(dataset), cfg.batch_size, env.rank, env.world_size, cfg.seed,
                                    start_step=progress.batch_idx)
         data_iter = iter(make_loader(dataset, sampler, cfg, device))
 
-        # ---- 8. Run folder ---------------------------------------------------------------------------------
+        # ---- 5. Run folder, the ops check, warnings with what to do, TensorBoard (rank 0 writes) ------------
         grid = GridSetup(dataset, label_table, G.z_dim, cfg.seed)
         if env.is_main:
-            runs.write_json_atomic(Path(cfg.run_dir) / "training_options.json", cfg.to_dict())
-            if cfg.resume_mode != "continue":
-                log.line(describe_run(cfg, G, D, len(dataset), env))
-                with fork_rng(device):
-                    grid.save_reals(Path(cfg.run_dir) / "reals.png")
-                    grid.save_fakes(G_ema, Path(cfg.run_dir) / "fakes_init.png", device, cfg.batch_gpu)
-        if env.is_main:  # which kernel each op runs on, checked against the reference before the first step
-            for line in dispatch.training_lines(device, cfg.precision):
-                log.line(line)
+            prepare_run_folder(cfg, env, state, grid, len(dataset), log)
         status.update("running", progress, message="training")
-
-        # Warnings with what to do (log.txt) and TensorBoard events beside stats.jsonl: rank 0 only.
         monitor = health.Monitor(cfg.run_dir, ada_kimg=cfg.ada_kimg, ada_target=cfg.ada_target,
                                  adaptive=cfg.aug == "ada") if env.is_main else None
         events = tensorboard.EventLog(cfg.run_dir if env.is_main else None, log.line)
 
-        # ---- 9. The loop -----------------------------------------------------------------------------------
+        # ---- 6. The loop -----------------------------------------------------------------------------------
         total_nimg = int(round(cfg.total_kimg * 1000))
         if progress.cur_nimg >= total_nimg:
             log.line(f"already at kimg {progress.cur_nimg / 1000:.3f} of {cfg.total_kimg:g}; nothing to do "
@@ -148,14 +85,12 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             status.update("finished", progress, message="finished", snapshot=Path(cfg.resume).name)
             return 0
         rounds = cfg.batch_size // (cfg.batch_gpu * env.world_size)
-        z_dim = G.z_dim
         tick_start_nimg = progress.cur_nimg
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - session_start
         first_tick = progress.tick == 0
-        p_min_in_tick = augment_pipe.p if augment_pipe else 0.0
+        p_min_in_tick = pipe.p if pipe else 0.0
         last_p_warning_tick = -10 ** 9
-        last_snapshot = Path(cfg.resume).name if cfg.resume_mode == "continue" else None
         steps_done = 0
         log.start_bar(progress.cur_nimg / 1000)
 
@@ -164,9 +99,10 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             real_img, real_c = next_batch(data_iter)
             real_img = real_img.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
             real_c = real_c.to(device, non_blocking=True)
-            gen_z, gen_c = draw_latents(batch_gen, len(phases), cfg.batch_size, z_dim, label_table, env, device)
-            run_phases(phases, loss, real_img, real_c, gen_z, gen_c, progress.batch_idx, rounds, cfg.batch_gpu,
-                       env)
+            gen_z, gen_c = draw_latents(state.batch_gen, len(state.phases), cfg.batch_size, G.z_dim, label_table,
+                                        env, device)
+            run_phases(state.phases, loss, real_img, real_c, gen_z, gen_c, progress.batch_idx, rounds,
+                       cfg.batch_gpu, env)
             update_ema(G_ema, G, cfg, progress.cur_nimg)
             progress.cur_nimg += cfg.batch_size
             progress.batch_idx += 1
@@ -181,83 +117,41 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             # Every ada_interval steps and at tick ends (the same steps on every rank): one small all-reduce.
             # A single process also looks at once when a stop was requested, which costs no communication.
             interval_end = progress.batch_idx % cfg.ada_interval == 0
-            ada_due = ada is not None and interval_end
             stopping = False
             if tick_due or interval_end or (not env.active and stopper.requested):
-                ada_acc = ada.acc.clone() if ada is not None else torch.zeros([2], dtype=torch.float64, device=device)
-                flags = torch.cat([ada_acc, loss.nonfinite.to(torch.float64).reshape(1),
-                                   torch.tensor([1.0 if stopper.requested else 0.0], dtype=torch.float64,
-                                                device=device)])
-                ada_sum, ada_count, nonfinite, stop = distributed.all_reduce_sum(flags, env).cpu().tolist()
+                ada_sum, ada_count, nonfinite, stop = reduce_flags(ada, loss, stopper, env)
                 if nonfinite > 0:
                     return fail_nonfinite(log, status, progress, last_snapshot, env)
-                if ada_due:
+                if ada is not None and interval_end:
                     ada.update((ada_sum, ada_count))
-                    p_min_in_tick = min(p_min_in_tick, augment_pipe.p)
+                    p_min_in_tick = min(p_min_in_tick, pipe.p)
                 stopping = stop > 0 or out_of_steps
                 tick_due = tick_due or stopping
             if not tick_due:
                 continue
 
-            # -- end of a tick: statistics, log line, images, snapshot, metrics, status ------------------------
+            # -- end of a tick: statistics, log line, warnings -----------------------------------------------
             tick_end_time = time.time()
             progress.total_sec += tick_end_time - tick_start_time + (maintenance_sec if first_tick else 0)
-            entries = stats.collect(env)
-            kimg_done = (progress.cur_nimg - tick_start_nimg) / 1000
-            sec_per_tick = tick_end_time - tick_start_time
-            sec_per_kimg = sec_per_tick / kimg_done if kimg_done > 0 else None
-            cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2 ** 30
-            gpu_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0
-            p_now = augment_pipe.p if augment_pipe else 0.0
-            add_scalar(entries, "Progress/tick", progress.tick)
-            add_scalar(entries, "Progress/kimg", progress.cur_nimg / 1000)
-            add_scalar(entries, "Progress/augment", p_now)
-            add_scalar(entries, "Timing/total_sec", progress.total_sec)
-            add_scalar(entries, "Timing/sec_per_tick", sec_per_tick)
-            add_scalar(entries, "Timing/sec_per_kimg", sec_per_kimg if sec_per_kimg is not None else 0.0)
-            add_scalar(entries, "Timing/maintenance_sec", maintenance_sec)
-            add_scalar(entries, "Timing/total_hours", progress.total_sec / 3600)
-            add_scalar(entries, "Timing/total_days", progress.total_sec / 86400)
-            # CPU seconds of this process (all its threads) since it started: on a shared machine this, not
-            # the wall clock, measures what training cost. It restarts at 0 in a resumed session.
-            add_scalar(entries, "Resources/process_cpu_sec", time.process_time())
-            add_scalar(entries, "Resources/cpu_mem_gb", cpu_mem)
-            add_scalar(entries, "Resources/peak_gpu_mem_gb", gpu_mem)
-            entries["timestamp"] = time.time()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            entries, sec_per_kimg, line = tick_statistics(stats, env, progress, pipe, tick_start_nimg,
+                                                          tick_end_time - tick_start_time, maintenance_sec)
             if env.is_main:
-                runs.append_jsonl(Path(cfg.run_dir) / "stats.jsonl", entries)
+                runs.append_jsonl(Path(cfg.run_dir) / runs.STATS_FILE, entries)
                 events.write(entries)
-            log.line(f"tick {progress.tick:<5d} kimg {progress.cur_nimg / 1000:<9.3f} "
-                     f"time {format_time(progress.total_sec):<12s} sec/tick {sec_per_tick:<8.1f} "
-                     f"sec/kimg {sec_per_kimg or 0:<8.2f} maintenance {maintenance_sec:<6.1f} "
-                     f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}")
-            for line in monitor.tick(entries) if monitor else []:
-                log.line(line)
+            log.line(line)
+            for warning in monitor.tick(entries) if monitor else []:
+                log.line(warning)
             if ada is not None and p_min_in_tick > 0.8 and progress.tick - last_p_warning_tick >= 20:
-                log.line(f"warning: augmentation probability p has stayed above 0.8 for this tick (p={p_now:.3f}); "
-                         f"augmentations may start to leak into generated images. More data, --mirror 1 or a lower "
-                         f"--target help")
+                log.line(f"warning: augmentation probability p has stayed above 0.8 for this tick "
+                         f"(p={pipe.p:.3f}); augmentations may start to leak into generated images. More data, "
+                         f"--mirror 1 or a lower --target help")
                 last_p_warning_tick = progress.tick
-            p_min_in_tick = p_now
+            p_min_in_tick = pipe.p if pipe else 0.0
 
+            # -- images, snapshot, metrics (maintenance time, outside the tick's training time) ---------------
             tick_start_maint = time.time()
             final = done or stopping
-            if env.is_main and (final or progress.tick % cfg.image_snap == 0):
-                with fork_rng(device):
-                    grid.save_fakes(G_ema, Path(cfg.run_dir) / runs.fakes_name(progress.cur_nimg, cfg.run_dir),
-                                    device, cfg.batch_gpu)
-            tick_number = progress.tick
-            progress.tick += 1  # a snapshot records the tick that comes next
-            if final or tick_number % cfg.snap == 0:
-                distributed.average_buffers(G, env)
-                distributed.average_buffers(G_ema, env)
-                last_snapshot = write_snapshot(cfg, env, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen,
-                                               progress, log)
-                if cfg.metrics:
-                    with fork_rng(device):
-                        run_metrics(cfg, env, G_ema, last_snapshot, log)
+            last_snapshot = save_tick_outputs(cfg, env, state, grid, final, log) or last_snapshot
             first_tick = False
             tick_start_nimg = progress.cur_nimg
             tick_start_time = time.time()
@@ -268,7 +162,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             status.update("running", progress, sec_per_kimg=sec_per_kimg, snapshot=last_snapshot,
                           message="training")
 
-        # ---- 10. Done or stopped -----------------------------------------------------------------------------
+        # ---- 7. Done or stopped -----------------------------------------------------------------------------
         log.close_bar()
         if done:
             log.line(f"finished: kimg {progress.cur_nimg / 1000:.3f}, snapshot {last_snapshot}")
@@ -293,6 +187,92 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
     finally:
         stopper.uninstall()
         log.close()
+
+
+# ===============================================================================================================
+# Setup
+
+
+def make_label_table(dataset, cfg: TrainConfig):
+    """[num_images, c_dim] float32 labels from which conditioning labels are drawn ([num_images, 0] without)."""
+    if dataset.label_dim and cfg.cond:
+        return torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))]))
+    return torch.from_numpy(np.zeros([len(dataset), 0], np.float32))
+
+
+def build_training_state(cfg: TrainConfig, env):
+    """Fresh networks, augmentation (and ADA), loss and optimisers at position 0 -> (TrainingState, stats)."""
+    from engine.nets import Discriminator, Generator
+
+    device = env.device
+    # Latents, labels and the data order are drawn for the whole minibatch from one stream that is the same
+    # on every rank; each rank takes its slice. One process or several then see the same samples.
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    G = Generator(**cfg.G_kwargs).train().requires_grad_(False).to(device)
+    D = Discriminator(**cfg.D_kwargs).train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    # Per-rank streams for what each rank draws for its own samples (augmentation, noise, mixing, PL noise).
+    seed_everything(cfg.seed * env.world_size + env.rank)
+
+    augment_pipe = ada = None
+    if cfg.aug != "noaug":
+        augment_pipe = make_pipe(cfg.augpipe).train().requires_grad_(False).to(device)
+        augment_pipe.p = float(cfg.aug_p)
+        if cfg.aug == "ada":
+            ada = AdaController(augment_pipe, target=cfg.ada_target, interval=cfg.ada_interval,
+                                speed_kimg=cfg.ada_kimg, batch_size=cfg.batch_size, device=device)
+
+    # Lazy regularisation rescales lr and betas by k / (k + 1) (build_phases).
+    stats = StatsCollector(device)
+    loss = StyleGAN2Loss(G, D, augment_pipe=augment_pipe, r1_gamma=cfg.r1_gamma,
+                         style_mixing_prob=cfg.style_mixing, pl_weight=cfg.pl_weight,
+                         pl_batch_shrink=cfg.pl_batch_shrink, pl_decay=cfg.pl_decay,
+                         autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None, stats=stats, ada=ada,
+                         device=device)
+    state = TrainingState(G=G, D=D, G_ema=G_ema, phases=build_phases(G, D, cfg), augment_pipe=augment_pipe, ada=ada,
+                          loss=loss, batch_gen=batch_gen)
+    return state, stats
+
+
+def start_from(cfg: TrainConfig, env, state: TrainingState, log):
+    """Continue from cfg.resume, transfer its weights, or keep the fresh ones; then every rank holds rank 0's
+    exact weights. -> the snapshot continued from (its name), or None."""
+    progress = state.progress
+    if cfg.resume_mode == "continue":
+        restore_training_state(load_snapshot(cfg.resume), cfg, env, state, log)
+        if env.is_main:
+            truncate_history(cfg.run_dir, progress.cur_nimg)
+        pipe = state.augment_pipe
+        log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
+                 f"tick {progress.tick}, augment p {pipe.p if pipe else 0:.3f}")
+    elif cfg.resume_mode == "transfer":
+        transfer_weights(cfg.resume, state, log)
+    for module in (state.G, state.D, state.G_ema):
+        distributed.broadcast_module(module, env)
+    return Path(cfg.resume).name if cfg.resume_mode == "continue" else None
+
+
+def prepare_run_folder(cfg: TrainConfig, env, state: TrainingState, grid, num_images, log):
+    """Rank 0: training_options.json; for a new run its description, reals.png and fakes_init.png; then which
+    kernel each op runs on, checked against the reference before the first step."""
+    runs.write_options(cfg.run_dir, cfg.to_dict())
+    if cfg.resume_mode != "continue":
+        log.line(describe_run(cfg, state.G, state.D, num_images, env))
+        with fork_rng(env.device):
+            grid.save_reals(Path(cfg.run_dir) / runs.REALS)
+            grid.save_fakes(state.G_ema, Path(cfg.run_dir) / runs.FAKES_INIT, env.device, cfg.batch_gpu)
+    for line in dispatch.training_lines(env.device, cfg.precision):
+        log.line(line)
+
+
+def describe_run(cfg, G, D, num_images, env):
+    g_params = sum(p.numel() for p in G.parameters())
+    d_params = sum(p.numel() for p in D.parameters())
+    return (f"run {Path(cfg.run_dir).name}: {num_images} images of {cfg.dataset.get('resolution')} px, "
+            f"cfg {cfg.cfg}, batch {cfg.batch_size} ({env.world_size} process(es) x {cfg.batch_gpu} per step), "
+            f"gamma {cfg.r1_gamma:g}, G {g_params / 1e6:.2f}M / D {d_params / 1e6:.2f}M parameters, "
+            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg"
+            + (f"\nnote: {cfg.metrics_note}" if getattr(cfg, "metrics_note", "") else ""))
 
 
 # ===============================================================================================================
@@ -446,314 +426,71 @@ def make_loader(dataset, sampler, cfg: TrainConfig, device):
 
 
 # ===============================================================================================================
-# Snapshots and resume
+# Ticks
 
 
-def pack(net):
-    from engine.checkpoint import pack_network
-
-    return pack_network(net)
-
-
-def write_snapshot(cfg, env, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen, progress, log):
-    """Gather every rank's RNG state, then rank 0 writes network-snapshot-NNNNNN.pt atomically -> its name."""
-    per_rank = {"rng": capture_rng(env.device), "pl_mean": float(loss.pl_mean),
-                "ada_acc": ada.acc.detach().cpu().clone() if ada is not None else None}
-    all_ranks = distributed.all_gather_object(to_cpu(per_rank), env)
-    name = runs.snapshot_name(progress.cur_nimg, cfg.run_dir if env.is_main else None)
-    if env.is_main:
-        from engine.checkpoint import FORMAT, VERSION, save_snapshot
-
-        optimizers = {}
-        for phase in phases:
-            optimizers.setdefault(phase.name[0], to_cpu(phase.opt.state_dict()))
-        data = {
-            "format": FORMAT, "version": VERSION,
-            "G": pack(G), "D": pack(D), "G_ema": pack(G_ema),
-            "augment": None if augment_pipe is None else {
-                "p": float(augment_pipe.p), "pipe": cfg.augpipe, "kwargs": dict(augment_pipe.init_kwargs),
-                "mode": cfg.aug, "target": cfg.ada_target},
-            "progress": {"cur_nimg": int(progress.cur_nimg), "kimg": progress.cur_nimg / 1000,
-                         "tick": int(progress.tick), "batch_idx": int(progress.batch_idx),
-                         "pl_mean": float(loss.pl_mean), "total_sec": float(progress.total_sec),
-                         "total_kimg": float(cfg.total_kimg)},
-            "optimizers": optimizers,
-            "options": cfg.to_dict(),
-            "dataset": dict(cfg.dataset),
-            "rng": {"world_size": env.world_size, "ranks": all_ranks, "batch_gen": batch_gen.get_state().clone()},
-        }
-        save_snapshot(Path(cfg.run_dir) / name, data)
-        log.line(f"snapshot {name}")
-    distributed.barrier(env)
-    return name
+def reduce_flags(ada, loss, stopper, env):
+    """One small all-reduce -> (ADA sign sum, ADA count, non-finite values, stop requests) over all ranks."""
+    device = env.device
+    ada_acc = ada.acc.clone() if ada is not None else torch.zeros([2], dtype=torch.float64, device=device)
+    flags = torch.cat([ada_acc, loss.nonfinite.to(torch.float64).reshape(1),
+                       torch.tensor([1.0 if stopper.requested else 0.0], dtype=torch.float64, device=device)])
+    return distributed.all_reduce_sum(flags, env).cpu().tolist()
 
 
-def load_training_snapshot(path):
-    from engine.checkpoint import load_snapshot
-
-    return load_snapshot(path)
-
-
-def restore_training_state(snap, env, cfg, G, D, G_ema, phases, augment_pipe, ada, loss, batch_gen, progress, log):
-    """Put a continued run back exactly where its snapshot left it."""
-    try:
-        G.load_state_dict(snap["G"]["state"])
-        D.load_state_dict(snap["D"]["state"])
-        G_ema.load_state_dict(snap["G_ema"]["state"])
-    except RuntimeError as e:
-        raise UserError(f"snapshot {cfg.resume} does not fit the network of its own run: "
-                        f"{str(e).splitlines()[0]}") from None
-    for phase in phases:
-        state = snap["optimizers"].get(phase.name[0])
-        if state is not None and phase.name.endswith(("main", "both")):
-            phase.opt.load_state_dict(state)
-    p = snap["progress"]
-    progress.cur_nimg = int(p["cur_nimg"])
-    progress.batch_idx = int(p["batch_idx"])
-    progress.tick = int(p["tick"])
-    progress.total_sec = float(p.get("total_sec", 0.0))
-    aug = snap.get("augment")
-    if augment_pipe is not None and aug is not None:
-        augment_pipe.p = float(aug["p"])
-    rng = snap.get("rng") or {}
-    ranks = rng.get("ranks") or []
-    if rng.get("batch_gen") is not None:
-        batch_gen.set_state(rng["batch_gen"])
-    if rng.get("world_size") == env.world_size and len(ranks) == env.world_size:
-        mine = ranks[env.rank]
-        restore_rng(mine["rng"], env.device)
-        loss.pl_mean.fill_(float(mine["pl_mean"]))
-        if ada is not None and mine.get("ada_acc") is not None:
-            ada.acc.copy_(mine["ada_acc"].to(ada.acc))
-    else:
-        seed_everything(cfg.seed * env.world_size + env.rank + 7919 * progress.batch_idx)
-        loss.pl_mean.fill_(float(p.get("pl_mean", 0.0)))
-        log.line(f"note: the snapshot was written by {rng.get('world_size')} process(es), this run has "
-                 f"{env.world_size}; random streams are reseeded (training continues, not bit for bit)")
-
-
-def transfer_weights(path, G, D, G_ema, log):
-    """Start from another network's weights (NVIDIA .pkl, an export, another run's snapshot)."""
-    from engine.checkpoint import load_network
-
-    src = load_network(path, device="cpu")
-    report = []
-    for name, dst, source in (("G", G, src["G"] or src["G_ema"]), ("D", D, src["D"]), ("G_ema", G_ema, src["G_ema"])):
-        if source is None:
-            report.append(f"{name}: not in the file, fresh weights")
-            continue
-        copied, skipped = copy_matching(source.state_dict(), dst)
-        report.append(f"{name}: {len(copied)} tensors copied" + (f", {len(skipped)} fresh" if skipped else ""))
-    log.line(f"transfer learning from {path} ({src['source']}): " + "; ".join(report))
-
-
-def truncate_history(run_dir, cur_nimg):
-    """After a kill, the run may have logged ticks beyond its last snapshot: drop them so curves continue."""
-    kimg = cur_nimg / 1000 + 1e-9
-    runs.truncate_jsonl(Path(run_dir) / "stats.jsonl",
-                        lambda r: float(r.get("Progress/kimg", {}).get("mean", 0)) <= kimg)
-    for path in Path(run_dir).glob("metric-*.jsonl"):
-        def keep(r):
-            named = runs.snapshot_kimg(r.get("snapshot_pkl") or "")
-            return named is None or named <= kimg
-        runs.truncate_jsonl(path, keep)
-
-
-# ===============================================================================================================
-# Grids, metrics
-
-
-class GridSetup:
-    """The fixed images of reals.png and the fixed latents of fakes*.png, sized for the resolution
-    (at most 12 x 8 images and about 1024 x 768 pixels; larger images are shown fewer at a time)."""
-
-    def __init__(self, dataset, label_table, z_dim, seed):
-        res = dataset.resolution
-        self.cols = max(2, min(12, 1024 // res))
-        self.rows = max(2, min(8, 768 // res))
-        n = self.cols * self.rows
-        order = np.random.RandomState(seed).permutation(len(dataset))
-        self.indices = [int(order[i % len(order)]) for i in range(n)]
-        self.dataset = dataset
-        self.z = torch.from_numpy(np.random.RandomState(seed + 1).randn(n, z_dim).astype(np.float32))
-        self.c = label_table[self.indices] if label_table.shape[1] else torch.zeros([n, 0])
-
-    def _save(self, images, path):
-        from PIL import Image
-
-        from engine.generate import make_grid, save_image
-
-        grid = make_grid(images, self.cols, self.rows)
-        if grid.shape[1] > 1024:  # large resolutions: shrink the sheet, not the number of images below 2 x 2
-            factor = math.ceil(grid.shape[1] / 1024)
-            im = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-            grid = np.asarray(im.reduce(factor))
-        save_image(grid, path)
-
-    def save_reals(self, path):
-        images = [self.dataset[i][0].transpose(1, 2, 0) for i in self.indices]
-        self._save(images, path)
-
-    @torch.no_grad()
-    def save_fakes(self, G, path, device, batch):
-        batch = max(batch, 32)  # inference only: larger chunks cost little memory and save per-call overhead
-        images = []
-        for z, c in zip(self.z.split(batch), self.c.split(batch)):
-            img = G(z.to(device), c.to(device), noise_mode="const")
-            img = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            images.extend(list(img))
-        self._save(images, path)
-
-
-def run_metrics(cfg, env, G_ema, snapshot_name, log):
-    """Rank 0 evaluates cfg.metrics on G_ema and appends metric-<name>.jsonl; the others wait."""
-    if env.is_main:
-        try:
-            from engine.metrics import append_metric_jsonl, compute_many
-        except ImportError as e:
-            log.line(f"metrics skipped: the metrics module is not available ({e})")
-        else:
-            try:
-                results = compute_many(cfg.metrics, G_ema, cfg.data, env.device)
-                for result in results:
-                    result["num_gpus"] = env.world_size
-                    append_metric_jsonl(cfg.run_dir, result, snapshot_name)
-                    value = next(iter(result["results"].values()))
-                    log.line(f"metric {result['metric']} = {value:.4f} ({result['total_time_str']})")
-            except UserError as e:
-                log.line(f"metrics skipped: {e}")
-    distributed.barrier(env)
-
-
-# ===============================================================================================================
-# Process plumbing
-
-
-def configure_backends(cfg, device):
+def tick_statistics(stats, env, progress, pipe, tick_start_nimg, sec_per_tick, maintenance_sec):
+    """The tick's stats.jsonl entry (NVIDIA's names) -> (entries, sec/kimg or None, the log line)."""
+    device = env.device
+    entries = stats.collect(env)
+    kimg_done = (progress.cur_nimg - tick_start_nimg) / 1000
+    sec_per_kimg = sec_per_tick / kimg_done if kimg_done > 0 else None
+    cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2 ** 30
+    gpu_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0
+    p_now = pipe.p if pipe else 0.0
+    add_scalar(entries, "Progress/tick", progress.tick)
+    add_scalar(entries, "Progress/kimg", progress.cur_nimg / 1000)
+    add_scalar(entries, "Progress/augment", p_now)
+    add_scalar(entries, "Timing/total_sec", progress.total_sec)
+    add_scalar(entries, "Timing/sec_per_tick", sec_per_tick)
+    add_scalar(entries, "Timing/sec_per_kimg", sec_per_kimg if sec_per_kimg is not None else 0.0)
+    add_scalar(entries, "Timing/maintenance_sec", maintenance_sec)
+    add_scalar(entries, "Timing/total_hours", progress.total_sec / 3600)
+    add_scalar(entries, "Timing/total_days", progress.total_sec / 86400)
+    # CPU seconds of this process (all its threads) since it started: on a shared machine this, not the wall clock,
+    # measures what training cost. It restarts at 0 in a resumed session.
+    add_scalar(entries, "Resources/process_cpu_sec", time.process_time())
+    add_scalar(entries, "Resources/cpu_mem_gb", cpu_mem)
+    add_scalar(entries, "Resources/peak_gpu_mem_gb", gpu_mem)
+    entries["timestamp"] = time.time()
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
-
-
-def seed_everything(seed):
-    import random
-
-    seed = int(seed) % 2 ** 32
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+        torch.cuda.reset_peak_memory_stats(device)
+    line = (f"tick {progress.tick:<5d} kimg {progress.cur_nimg / 1000:<9.3f} "
+            f"time {format_time(progress.total_sec):<12s} sec/tick {sec_per_tick:<8.1f} "
+            f"sec/kimg {sec_per_kimg or 0:<8.2f} maintenance {maintenance_sec:<6.1f} "
+            f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}")
+    return entries, sec_per_kimg, line
 
 
 def add_scalar(entries, name, value):
     entries[name] = {"num": 1, "mean": float(value), "std": 0.0}
 
 
-
-
-def describe_run(cfg, G, D, num_images, env):
-    g_params = sum(p.numel() for p in G.parameters())
-    d_params = sum(p.numel() for p in D.parameters())
-    return (f"run {Path(cfg.run_dir).name}: {num_images} images of {cfg.dataset.get('resolution')} px, "
-            f"cfg {cfg.cfg}, batch {cfg.batch_size} ({env.world_size} process(es) x {cfg.batch_gpu} per step), "
-            f"gamma {cfg.r1_gamma:g}, G {g_params / 1e6:.2f}M / D {d_params / 1e6:.2f}M parameters, "
-            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg"
-            + (f"\nnote: {cfg.metrics_note}" if getattr(cfg, "metrics_note", "") else ""))
-
-
-class Logger:
-    """Lines to the console and log.txt (rank 0), and a tqdm bar over kimg when on a terminal."""
-
-    def __init__(self, run_dir, show_progress=None, total_kimg=0):
-        self.file = open(Path(run_dir) / "log.txt", "a", buffering=1) if run_dir else None
-        self.show = show_progress
-        self.total_kimg = total_kimg
-        self.bar = None
-
-    def start_bar(self, kimg):
-        if self.file is None:
-            return
-        show = self.show if self.show is not None else sys.stderr.isatty()
-        if not show:
-            return
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total_kimg, initial=kimg, unit="kimg", dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]")
-
-    def advance(self, kimg):
-        if self.bar is not None:
-            self.bar.update(kimg)
-
-    def close_bar(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def line(self, text):
-        if self.file is None:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-        self.file.write(text + "\n")
-
-    def close(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-class StatusWriter:
-    def __init__(self, cfg, env, started):
-        self.cfg = cfg
-        self.env = env
-        self.started = started
-        self.last = {}
-
-    def update(self, state, progress, sec_per_kimg=None, snapshot=None, message=""):
-        if not self.env.is_main:
-            return
-        self.last = dict(kimg=progress.cur_nimg / 1000, tick=progress.tick, snapshot=snapshot)
-        runs.write_status(self.cfg.run_dir, state, kimg=progress.cur_nimg / 1000, total_kimg=self.cfg.total_kimg,
-                          tick=progress.tick, sec_per_kimg=sec_per_kimg, snapshot=snapshot, message=message,
-                          started=self.started)
-
-    def fail(self, message):
-        if not self.env.is_main or not Path(self.cfg.run_dir).is_dir():
-            return
-        try:
-            runs.write_status(self.cfg.run_dir, "failed", kimg=self.last.get("kimg", 0.0),
-                              total_kimg=self.cfg.total_kimg, tick=self.last.get("tick", 0),
-                              snapshot=self.last.get("snapshot"), message=message, started=self.started)
-        except OSError:
-            pass
-
-
-class StopRequest:
-    """SIGTERM / SIGINT ask the loop to finish its step, write a snapshot and exit; a second SIGINT interrupts."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal = None
-        self._old = {}
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal = signum
-
-    def install(self):
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
+def save_tick_outputs(cfg: TrainConfig, env, state: TrainingState, grid, final, log):
+    """A fakes grid every image_snap ticks, a snapshot and the metrics every snap ticks, both at the end; moves
+    progress.tick on (a snapshot records the tick that comes next) -> the snapshot's name, or None."""
+    progress = state.progress
+    if env.is_main and (final or progress.tick % cfg.image_snap == 0):
+        with fork_rng(env.device):
+            grid.save_fakes(state.G_ema, Path(cfg.run_dir) / runs.fakes_name(progress.cur_nimg, cfg.run_dir),
+                            env.device, cfg.batch_gpu)
+    tick_number = progress.tick
+    progress.tick += 1
+    if not (final or tick_number % cfg.snap == 0):
+        return None
+    distributed.average_buffers(state.G, env)
+    distributed.average_buffers(state.G_ema, env)
+    name = write_snapshot(cfg, env, state, log)
+    if cfg.metrics:
+        with fork_rng(env.device):
+            run_metrics(cfg, env, state.G_ema, name, log)
+    return name

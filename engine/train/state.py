@@ -1,13 +1,47 @@
-"""What a snapshot holds beyond the networks: RNG states, optimiser moments on the CPU, the data position.
+"""The training state that a snapshot saves and a resume restores, and the plain-data forms of its parts.
 
-Everything here is plain data (tensors, numbers, strings, lists, dicts) so that torch.load(weights_only=True)
+TrainingState gathers the objects the loop trains with; capture_rng / restore_rng / to_cpu turn RNG states and
+optimiser moments into plain data (tensors, numbers, strings, lists, dicts) so that torch.load(weights_only=True)
 opens the snapshot.
 """
 
 import random
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+@dataclass
+class Progress:
+    cur_nimg: int = 0
+    batch_idx: int = 0
+    tick: int = 0
+    total_sec: float = 0.0  # over all sessions of this run
+
+
+@dataclass
+class Phase:
+    name: str
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    interval: int
+
+
+@dataclass
+class TrainingState:
+    """Everything a snapshot saves besides the options: networks, optimiser phases, augmentation and its ADA
+    controller (None when off), the loss (for pl_mean), the shared latent/data generator and the position."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    phases: list
+    augment_pipe: object
+    ada: object
+    loss: object
+    batch_gen: torch.Generator
+    progress: Progress = field(default_factory=Progress)
 
 
 def capture_rng(device):

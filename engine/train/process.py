@@ -1,0 +1,127 @@
+"""Process plumbing of a training run: the log, status.json, stop signals, numerics and seeds.
+
+Only rank 0 writes; the other ranks hold the same objects so that every rank runs the same code.
+"""
+
+import random
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import runs
+
+
+def configure_backends(cfg, device):
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
+
+
+def seed_everything(seed):
+    seed = int(seed) % 2 ** 32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Logger:
+    """Lines to the console and log.txt (rank 0), and a tqdm bar over kimg when on a terminal."""
+
+    def __init__(self, run_dir, show_progress=None, total_kimg=0):
+        self.file = open(runs.log_path(run_dir), "a", buffering=1) if run_dir else None
+        self.show = show_progress
+        self.total_kimg = total_kimg
+        self.bar = None
+
+    def start_bar(self, kimg):
+        if self.file is None:
+            return
+        show = self.show if self.show is not None else sys.stderr.isatty()
+        if not show:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total_kimg, initial=kimg, unit="kimg", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]")
+
+    def advance(self, kimg):
+        if self.bar is not None:
+            self.bar.update(kimg)
+
+    def close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text):
+        if self.file is None:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+        self.file.write(text + "\n")
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class StatusWriter:
+    """status.json of the run (rank 0), and the last known position for a failure written from an except."""
+
+    def __init__(self, cfg, env, started):
+        self.cfg = cfg
+        self.env = env
+        self.started = started
+        self.last = {}
+
+    def update(self, state, progress, sec_per_kimg=None, snapshot=None, message=""):
+        if not self.env.is_main:
+            return
+        self.last = dict(kimg=progress.cur_nimg / 1000, tick=progress.tick, snapshot=snapshot)
+        runs.write_status(self.cfg.run_dir, state, kimg=progress.cur_nimg / 1000, total_kimg=self.cfg.total_kimg,
+                          tick=progress.tick, sec_per_kimg=sec_per_kimg, snapshot=snapshot, message=message,
+                          started=self.started)
+
+    def fail(self, message):
+        if not self.env.is_main or not Path(self.cfg.run_dir).is_dir():
+            return
+        try:
+            runs.write_status(self.cfg.run_dir, "failed", kimg=self.last.get("kimg", 0.0),
+                              total_kimg=self.cfg.total_kimg, tick=self.last.get("tick", 0),
+                              snapshot=self.last.get("snapshot"), message=message, started=self.started)
+        except OSError:
+            pass
+
+
+class StopRequest:
+    """SIGTERM / SIGINT ask the loop to finish its step, write a snapshot and exit; a second SIGINT interrupts."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.requested and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal = signum
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
