@@ -1,4 +1,4 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info}: parse, call, exit.
+"""python -m engine {prepare,train,generate,video,mix,metrics,info,project,directions,edit}: parse, call, exit.
 
 Each sub-command lives in engine/commands/<name>.py with two functions:
     add_arguments(parser: argparse.ArgumentParser) -> None
@@ -18,6 +18,9 @@ COMMANDS = {
     "mix": "Make a style-mixing grid",
     "metrics": "Compute FID/KID of a network against a dataset",
     "info": "Show versions, devices and which path each op takes",
+    "project": "Find the latent of a real picture (projection)",
+    "directions": "Find editing directions in w (closed-form factorisation or PCA)",
+    "edit": "Move a latent along a direction; a GIF of the sweep",
 }
 
 
