@@ -49,7 +49,7 @@ def parse_layers(text, num_ws):
                 raise UserError(f"cannot read layers {text!r}: use a range like 0-5, a list like 0,2,4, or all")
     for k in layers:
         if not 0 <= k < num_ws:
-            raise UserError(f"layer {k} is out of range: this network has layers 0-{num_ws - 1}")
+            raise UserError(f"layers {text}: layer {k} is out of range: this network has layers 0-{num_ws - 1}")
     if not layers:
         raise UserError(f"no layers in {text!r}")
     return sorted(set(layers))
