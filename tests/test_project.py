@@ -283,3 +283,22 @@ def test_nvidia_style_npz_without_identity_is_checked_by_shape(nets, tmp_path):
     np.savez(tmp_path / "nokey.npz", x=np.zeros(3))
     with pytest.raises(UserError, match="no 'w'"):
         latents.load_w(tmp_path / "nokey.npz", G)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live view
+
+
+def test_fractional_seeds_blend_their_neighbours(nets):
+    from engine import explore
+
+    G = nets["G"]
+    w3, w4 = seeds_to_ws(G, [3], psi=0.7), seeds_to_ws(G, [4], psi=0.7)
+    assert torch.allclose(explore.seed_ws(G, 3, psi=0.7), w3)
+    assert torch.allclose(explore.seed_ws(G, 3.25, psi=0.7), 0.75 * w3 + 0.25 * w4, atol=1e-6)
+    with pytest.raises(UserError, match="out of range"):
+        explore.seed_ws(G, -1)
+    d = torch.eye(G.w_dim)[:2]
+    moved = explore.combine(w3, d, [2.0, 0.0], layers=[0], scales=[0.5, 1.0])
+    assert torch.allclose(moved[0, 0] - w3[0, 0], d[0]) and torch.equal(moved[0, 1:], w3[0, 1:])
+    assert explore.render(G, moved).shape == (16, 16, 3)
