@@ -131,13 +131,19 @@ class LpipsLoss:
     description = "LPIPS (NVIDIA's VGG16 weights)"
 
     def __init__(self, module):
+        for p in module.parameters():  # gradients flow to the image only
+            p.requires_grad_(False)
         self.module = module
+        self._target = (None, None)
 
     def features(self, x):
         return self.module(_to_256(x), resize_images=False, return_lpips=True)
 
     def __call__(self, synth, target):
-        return (self.features(synth) - self.features(target)).square().flatten(1).sum(1)
+        if self._target[0] is not target:  # the target's features are the same every step: compute them once
+            with torch.no_grad():
+                self._target = (target, self.features(target))
+        return (self.features(synth) - self._target[1]).square().flatten(1).sum(1)
 
 
 def _unit_channels(x):
@@ -156,10 +162,14 @@ class FeatureLoss:
         self.name = name
         self.description = description
         self.extract = extract
+        self._target = (None, None)
 
     def __call__(self, synth, target):
+        if self._target[0] is not target:  # the target's features are the same every step: compute them once
+            with torch.no_grad():
+                self._target = (target, self.extract(target))
         total = (synth - target).square().flatten(1).mean(1)
-        for a, b in zip(self.extract(synth), self.extract(target)):
+        for a, b in zip(self.extract(synth), self._target[1]):
             if a.ndim == 4:
                 d = (_unit_channels(a) - _unit_channels(b)).square().sum(1).flatten(1).mean(1)
             else:
@@ -194,6 +204,8 @@ def inception_features(detector):
     forwards and backwards. Images are resized to 64..256 px (the stem's valid convolutions need some room).
     """
     layers = detector.module.net.layers
+    for p in detector.module.parameters():  # gradients flow to the image only
+        p.requires_grad_(False)
 
     def extract(img):
         size = min(256, max(64, img.shape[-1]))
