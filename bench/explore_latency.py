@@ -2,7 +2,7 @@
 
 Prints one JSON line: median and 90th percentile wall milliseconds, and median CPU milliseconds (what the
 update costs without other processes competing), over --updates slider positions.
-python bench/explore_latency.py --network assets/demo-network.pt --updates 60 --threads 1
+python bench/explore_latency.py --network assets/demo-network.pt --updates 60
 """
 
 import argparse
@@ -26,8 +26,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--network", default="assets/demo-network.pt")
     p.add_argument("--updates", type=int, default=60)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 is fastest for one 32 px image; more threads only add synchronisation)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="the process's torch threads (explore.render itself uses one thread for small images)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     G = load_network(args.network)["G_ema"]

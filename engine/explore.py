@@ -6,6 +6,7 @@ to the next instead of jumping.
 """
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -39,9 +40,26 @@ def seed_ws(G, seed, psi=1.0, cutoff=None, class_idx=None):
     return ws[:1].lerp(ws[1:], float(frac))
 
 
+_render_lock = threading.Lock()
+ONE_THREAD_MAX_RES = 64
+
+
 def render(G, ws, noise_mode="const"):
-    """ws [1, num_ws, w_dim] -> np uint8 [H, W, C] (one image, the quickest path)."""
-    return synthesize(G, ws, noise_mode=noise_mode, batch=1)[0]
+    """ws [1, num_ws, w_dim] -> np uint8 [H, W, C] (one image, the quickest path).
+
+    On the CPU a small image renders on one thread: its ops are too small to split, and a second thread only adds
+    synchronisation (measured on the demo network: 6-9 ms of CPU time on one thread, 60-67 ms on two; see
+    docs/BENCHMARKS.md). The thread count is restored afterwards.
+    """
+    if ws.device.type != "cpu" or int(G.img_resolution) > ONE_THREAD_MAX_RES:
+        return synthesize(G, ws, noise_mode=noise_mode, batch=1)[0]
+    with _render_lock:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return synthesize(G, ws, noise_mode=noise_mode, batch=1)[0]
+        finally:
+            torch.set_num_threads(before)
 
 
 def combine(ws, directions=None, strengths=(), layers=None, scales=None):

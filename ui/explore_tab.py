@@ -80,7 +80,7 @@ def build(studio: Studio):
                                           elem_id="explore-class")
                 source_md = gr.Markdown("Source: seed", elem_id="explore-source")
             with gr.Column(scale=2):
-                image = gr.Image(label="Live view", type="numpy", interactive=False, height=320,
+                image = gr.Image(label="Live view", type="numpy", interactive=False, height=320, format="png",
                                  elem_id="explore-image")
                 latency_md = gr.Markdown(elem_id="explore-latency")
 
