@@ -1,4 +1,4 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info,project,directions,edit}: parse, call, exit.
+"""python -m engine {prepare,train,generate,video,mix,metrics,info,project,directions,edit,latents}: parse, call, exit.
 
 Each sub-command lives in engine/commands/<name>.py with two functions:
     add_arguments(parser: argparse.ArgumentParser) -> None
@@ -21,6 +21,7 @@ COMMANDS = {
     "project": "Find the latent of a real picture (projection)",
     "directions": "Find editing directions in w (closed-form factorisation or PCA)",
     "edit": "Move a latent along a direction; a GIF of the sweep",
+    "latents": "List, save or delete named latents in the workdir's library",
 }
 
 

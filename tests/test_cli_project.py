@@ -126,3 +126,22 @@ def test_directions_and_edit(files, tmp_path, capsys):
     assert_user_error(run_inproc(capsys, "directions", "--network", files["rgb"], "--num", 99,
                                  "--out", tmp_path / "x.npz"), "--num 99")
     assert_user_error(run_inproc(capsys, "directions", "--network", files["rgb"], "--out", d), "already exists")
+
+
+def test_latents_command(files, tmp_path, capsys):
+    w = tmp_path / "work"
+    r = run_inproc(capsys, "latents", "list", "--workdir", w)
+    assert r.returncode == 0 and "no saved latents" in r.stdout
+    r = run_inproc(capsys, "latents", "save", "--workdir", w, "--network", files["rgb"], "--name", "five",
+                   "--seed", 5, "--trunc", 0.5)
+    assert r.returncode == 0, r.stderr
+    assert (w / "latents" / "five.npz").is_file() and (w / "latents" / "five.png").is_file()
+    r = run_inproc(capsys, "latents", "list", "--workdir", w, "--network", files["gray"])
+    assert "five\tseed" in r.stdout and "(another network)" in r.stdout
+    assert_user_error(run_inproc(capsys, "latents", "save", "--workdir", w, "--network", files["rgb"],
+                                 "--name", "five", "--seed", 1), "already exists")
+    assert_user_error(run_inproc(capsys, "latents", "save", "--workdir", w, "--network", files["rgb"],
+                                 "--name", "x"), "exactly one of")
+    r = run_inproc(capsys, "latents", "delete", "--workdir", w, "--name", "five")
+    assert r.returncode == 0 and not (w / "latents" / "five.npz").exists()
+    assert_user_error(run_inproc(capsys, "latents", "delete", "--workdir", w, "--name", "five"), "no latent")
