@@ -258,3 +258,24 @@ def delete_latent(folder, name):
             removed = True
     if not removed:
         raise UserError(f"no latent named {name!r} in {folder}")
+
+
+def load_many(folder, names, G):
+    """Saved latents by name -> ws [len(names), num_ws, w_dim], each checked against G."""
+    names = [n for n in (str(x).strip() for x in names) if n]
+    if not names:
+        raise UserError("no latent names given: list saved latents, e.g. smile,frown")
+    return torch.cat([load_latent(folder, n, G) for n in names])
+
+
+def walk_frames(G, keys, frames_per_key=24, kind="cubic", loop=False, noise_mode="const", batch=8):
+    """Yield images (np uint8 [H, W, C]) walking through keyframe latents keys [K, num_ws, w_dim] in w
+    (kind 'linear' or 'cubic', the video command's interpolations; loop returns to the first key)."""
+    from engine.generate import check_interpolation, interpolate_keyframes, synthesize
+
+    kind = check_interpolation("w", kind)
+    if keys.shape[0] < 2:
+        raise UserError("a walk needs at least 2 latents")
+    path = interpolate_keyframes(keys, frames_per_key, kind, loop)
+    for i in range(0, path.shape[0], batch):
+        yield from synthesize(G, path[i:i + batch], noise_mode=noise_mode, batch=batch)

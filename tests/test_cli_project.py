@@ -142,6 +142,13 @@ def test_latents_command(files, tmp_path, capsys):
                                  "--name", "five", "--seed", 1), "already exists")
     assert_user_error(run_inproc(capsys, "latents", "save", "--workdir", w, "--network", files["rgb"],
                                  "--name", "x"), "exactly one of")
+    run_inproc(capsys, "latents", "save", "--workdir", w, "--network", files["rgb"], "--name", "six", "--seed", 6)
+    r = run_inproc(capsys, "latents", "walk", "--workdir", w, "--network", files["rgb"], "--names", "five,six",
+                   "--output", tmp_path / "walk.gif", "--frames-per-key", 4, "--loop")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "walk.gif").n_frames == 8
+    assert_user_error(run_inproc(capsys, "latents", "walk", "--workdir", w, "--network", files["gray"], "--names",
+                                 "five,six", "--output", tmp_path / "w2.gif"), "another network")
     r = run_inproc(capsys, "latents", "delete", "--workdir", w, "--name", "five")
     assert r.returncode == 0 and not (w / "latents" / "five.npz").exists()
     assert_user_error(run_inproc(capsys, "latents", "delete", "--workdir", w, "--name", "five"), "no latent")
