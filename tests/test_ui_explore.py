@@ -47,6 +47,8 @@ def test_explore_journey(served):
     assert all(isinstance(v, (dict, float, int)) for v in found)
     img_edit = live(3.5, 4.0, 0, 0, 0, 0)[0]
     assert not np.array_equal(_img(img_half), _img(img_edit))  # the direction slider moves the image
+    status = client.predict(NET, "edited", 3.5, 0.7, None, "const", "all", 4.0, 0, 0, 0, 0, api_name="/explore_save")
+    assert "saved 'edited' (edit)" in status[0]
     pic = d / "photo.png"
     Image.fromarray(np.random.RandomState(1).randint(0, 255, [20, 28, 3]).astype(np.uint8)).save(pic)
     out = client.predict(NET, handle_file(str(pic)), 10, "w", "pixel", None, "const", api_name="/explore_project")
@@ -55,9 +57,10 @@ def test_explore_journey(served):
     status = client.predict(NET, "my photo", 3.5, 0.7, None, "const", "all", 0, 0, 0, 0, 0, api_name="/explore_save")
     assert "saved 'my photo' (projection)" in status[0]
     assert (studio.workdir / "latents" / "my photo.npz").is_file()
-    client.predict(NET, "seed five", 5, 0.7, None, "const", "all", 0, 0, 0, 0, 0, api_name="/explore_save")
     gif = client.predict(NET, 0, "-3,3", 6, "all", "const", api_name="/explore_gif")
     assert Image.open(gif if isinstance(gif, str) else gif["path"]).n_frames == 6
+    walk = client.predict(NET, "edited,my photo", True, "const", api_name="/explore_walk")
+    assert Image.open(walk if isinstance(walk, str) else walk["path"]).n_frames == 32  # 2 keys x 16, looped
     loaded = client.predict(NET, "my photo", "const", api_name="/explore_load")
     assert "saved latent my photo" in loaded[1]
     with pytest.raises(Exception, match="another network"):

@@ -126,6 +126,13 @@ def build(studio: Studio):
             load_btn = gr.Button("Load", elem_id="explore-load")
             gallery = gr.Gallery(label="Library", columns=8, height="auto", elem_id="explore-gallery")
             save_md = gr.Markdown(elem_id="explore-save-status")
+            with gr.Row():
+                walk_names = gr.Textbox(label="GIF through saved latents", placeholder="names in order, e.g. a,b,c",
+                                        elem_id="explore-walk-names")
+                walk_loop = gr.Checkbox(value=True, label="Loop")
+                walk_btn = gr.Button("Make GIF", elem_id="explore-walk-btn")
+            walk_out = gr.Image(label="Walk", type="filepath", interactive=False, height=240,
+                                elem_id="explore-walk")
 
     base = gr.State(None)        # ws of a projection / saved latent, or None: the seed controls rule
     current = gr.State(None)     # ws shown now (base or seed, with the direction offsets)
@@ -333,6 +340,18 @@ def build(studio: Studio):
 
     load_btn.click(on_load, [network, saved, noise], [base, current, image, source_md, source, *sliders],
                    api_name="explore_load")
+
+    @friendly
+    def on_walk(label, names_v, loop_v, noise_v):
+        from engine import generate as gen
+        from engine import latents
+
+        G = _G(studio, label)
+        keys = latents.load_many(latents.library_folder(studio.workdir), str(names_v or "").split(","), G)
+        frames = latents.walk_frames(G, keys, 16, "cubic", bool(loop_v), noise_mode=noise_v)
+        return str(gen.write_video(frames, studio.new_output_dir("latent-walk") / "walk.gif", fps=16))
+
+    walk_btn.click(on_walk, [network, walk_names, walk_loop, noise], walk_out, api_name="explore_walk")
 
     return {"network": network, "on_network": on_network,
             "load_outputs": [image, latency_md, current, base, found, source_md, source, saved, gallery, *sliders]}
