@@ -20,7 +20,7 @@ def build_app(studio, sup=None):
     """The Gradio Blocks of the dashboard for `studio` (a ui.common.Studio)."""
     import gradio as gr
 
-    from ui import data_tab, generate_tab, guide, system_tab, train_tab
+    from ui import data_tab, explore_tab, generate_tab, guide, system_tab, train_tab
     from ui.supervisor import Supervisor
 
     sup = sup or Supervisor(studio.workdir)
@@ -45,6 +45,8 @@ def build_app(studio, sup=None):
                 train = train_tab.build(studio, sup)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate") as t_gen:
                 gen = generate_tab.build(studio)
+            with gr.Tab("Explore", id="explore", elem_id="tab-explore"):
+                explore = explore_tab.build(studio)
             with gr.Tab("System", id="system", elem_id="tab-system") as t_sys:
                 system = system_tab.build(studio, sup)
         # Lists that another tab may have changed are refreshed when their tab is opened.
@@ -57,6 +59,7 @@ def build_app(studio, sup=None):
         for tab in (t_data, t_train, t_gen, t_sys):
             tab.select(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
         demo.load(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
+        demo.load(explore["on_network"], explore["network"], explore["load_outputs"], api_name=False)
         demo.load(gen["on_load"], None, gen["load_outputs"], api_name=False).then(
             gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False)
         # A reloaded page shows the watched run's settings, so Resume and Start act on what the user sees.

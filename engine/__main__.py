@@ -1,4 +1,5 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend}: parse, call, exit.
+"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend,project,directions,edit,latents}:
+parse, call, exit.
 
 Each sub-command lives in engine/commands/<name>.py with two functions:
     add_arguments(parser: argparse.ArgumentParser) -> None
@@ -20,6 +21,10 @@ COMMANDS = {
     "info": "Show versions, devices and which path each op takes",
     "export": "Export a generator as safetensors, TorchScript or ONNX (checked against the network)",
     "blend": "Blend two networks at a resolution split, or average snapshots",
+    "project": "Find the latent of a real picture (projection)",
+    "directions": "Find editing directions in w (closed-form factorisation or PCA)",
+    "edit": "Move a latent along a direction; a GIF of the sweep",
+    "latents": "List, save or delete named latents in the workdir's library",
 }
 
 

@@ -29,7 +29,9 @@ def warn_unused_class(G, class_idx):
 
 def add_arguments(parser):
     add_common_network_arguments(parser)
-    parser.add_argument("--seeds", required=True, metavar="LIST", help="seeds, e.g. 0,3,5-8")
+    parser.add_argument("--seeds", default=None, metavar="LIST", help="seeds, e.g. 0,3,5-8")
+    parser.add_argument("--projected-w", dest="projected_w", default=None, metavar="FILE",
+                        help="instead of seeds: render the latents of a projected_w.npz as projNN.png")
     parser.add_argument("--outdir", required=True, metavar="DIR", help="folder for seedNNNN.png (created)")
     parser.add_argument("--grid", default=None, metavar="COLSxROWS", help="also write grid.png with this layout")
 
@@ -40,6 +42,10 @@ def run(args):
     from engine import generate as gen
     from engine.errors import UserError
 
+    if args.projected_w is not None:
+        return _run_projected(args)
+    if args.seeds is None:
+        raise UserError("give --seeds (e.g. 0,3,5-8) or --projected-w FILE")
     seeds = gen.parse_seeds(args.seeds)
     grid = gen.parse_grid(args.grid) if args.grid else None
     if grid and len(seeds) > grid[0] * grid[1]:
@@ -63,4 +69,29 @@ def run(args):
     if grid:
         path = gen.save_image(gen.make_grid(images, *grid), outdir / "grid.png")
         print(f"wrote {path}")
+    return 0
+
+
+def _run_projected(args):
+    """NVIDIA's --projected-w: one projNN.png per latent in the file (seeds and truncation do not apply)."""
+    from pathlib import Path
+
+    from engine import generate as gen
+    from engine.latents import load_w
+    from engine.errors import UserError
+
+    if args.seeds is not None:
+        raise UserError("--seeds and --projected-w exclude each other: give one of them")
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--outdir {outdir} is a file, not a folder")
+    device = gen.resolve_device(args.device)
+    G = gen.load_generator(args.network, device)
+    ws = load_w(args.projected_w, G)
+    targets = [outdir / f"proj{i:02d}.png" for i in range(ws.shape[0])]
+    gen.check_can_write(targets, args.overwrite)
+    images = gen.synthesize(G, ws, noise_mode=args.noise_mode, batch=max(args.batch, 1))
+    for img, path in zip(images, targets):
+        gen.save_image(img, path)
+    print(f"wrote {len(images)} image{'s' if len(images) != 1 else ''} from {args.projected_w} to {outdir}")
     return 0
