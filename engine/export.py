@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.nets.build import build_network
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
@@ -255,8 +256,6 @@ def load_safetensors_network(path, device="cpu"):
 
     The constructor arguments come from the .json beside the weights, or from the copy in the file's header.
     """
-    from engine.checkpoint import build_network
-
     path = Path(path)
     info = None
     if path.suffix.lower() == ".json":
