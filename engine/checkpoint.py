@@ -9,7 +9,7 @@ Our snapshot (`network-snapshot-NNNNNN.pt`, exports) is `torch.save` of plain da
      'dataset': {...}, 'rng': {...}}
 
 NVIDIA's PyTorch pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) and TF-era pickles are read through
-the restricted unpickler in engine.nvidia_pickle and rebuilt as our networks, which keep NVIDIA's names.
+the restricted unpickler in engine.nvidia.unpickler and rebuilt as our networks, which keep NVIDIA's names.
 """
 
 import os
@@ -150,7 +150,7 @@ def load_snapshot(path):
 
 def _check_zip(path):
     """A zip whose records would inflate far beyond its size is refused before torch reads it."""
-    from engine.nvidia_pickle import check_zip_expansion
+    from engine.nvidia.unpickler import check_zip_expansion
 
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
@@ -175,7 +175,7 @@ _D_POSITIONAL = ["c_dim", "img_resolution", "img_channels", "architecture", "cha
 
 
 def _kwargs_from_persistent(obj, positional, attrs):
-    from engine.nvidia_pickle import init_arguments, module_state, to_plain
+    from engine.nvidia.unpickler import init_arguments, module_state, to_plain
 
     args, kwargs = init_arguments(obj)
     for name, value in zip(positional, args):
@@ -188,7 +188,7 @@ def _kwargs_from_persistent(obj, positional, attrs):
 
 
 def _refuse_stylegan3(obj, path):
-    from engine.nvidia_pickle import class_name, iter_modules
+    from engine.nvidia.unpickler import class_name, iter_modules
 
     for name, mod in iter_modules(obj):
         if class_name(mod) == "SynthesisInput" or name.split(".")[-1] == "input":
@@ -197,7 +197,7 @@ def _refuse_stylegan3(obj, path):
 
 
 def _nvidia_generator(obj, path, what):
-    from engine.nvidia_pickle import PersistentObject, class_name, flat_state_dict
+    from engine.nvidia.unpickler import PersistentObject, class_name, flat_state_dict
 
     if not isinstance(obj, PersistentObject) or class_name(obj) != "Generator":
         raise UserError(f"{path}: {what} is not a StyleGAN2 Generator (found {class_name(obj)})")
@@ -213,7 +213,7 @@ def _nvidia_generator(obj, path, what):
 
 
 def _nvidia_discriminator(obj, path):
-    from engine.nvidia_pickle import PersistentObject, class_name, flat_state_dict
+    from engine.nvidia.unpickler import PersistentObject, class_name, flat_state_dict
 
     if not isinstance(obj, PersistentObject) or class_name(obj) != "Discriminator":
         raise UserError(f"{path}: D is not a StyleGAN2 Discriminator (found {class_name(obj)})")
@@ -225,7 +225,7 @@ def _nvidia_discriminator(obj, path):
 
 
 def _augment_from_pipe(pipe):
-    from engine.nvidia_pickle import PersistentObject, flat_state_dict, init_arguments
+    from engine.nvidia.unpickler import PersistentObject, flat_state_dict, init_arguments
 
     if not isinstance(pipe, PersistentObject):
         return None, None
@@ -259,7 +259,7 @@ def _load_nvidia_pytorch(data, path, device):
 
 
 def _dataset_facts(G, training_set_kwargs):
-    from engine.nvidia_pickle import to_plain
+    from engine.nvidia.unpickler import to_plain
 
     facts = {"resolution": int(G.img_resolution), "channels": int(G.img_channels), "label_dim": int(G.c_dim)}
     if isinstance(training_set_kwargs, dict):
@@ -276,7 +276,7 @@ def _dataset_facts(G, training_set_kwargs):
 
 def _load_nvidia_tf(data, path, device):
     from engine import tf_import
-    from engine.nvidia_pickle import TFNetwork
+    from engine.nvidia.unpickler import TFNetwork
 
     G_tf, D_tf, Gs_tf = data
     for name, net in (("G", G_tf), ("D", D_tf), ("Gs", Gs_tf)):
@@ -336,7 +336,7 @@ def _load_studio(data, path, device):
 
 
 def _is_tf_tuple(data):
-    from engine.nvidia_pickle import TFNetwork
+    from engine.nvidia.unpickler import TFNetwork
 
     return isinstance(data, tuple) and len(data) == 3 and any(isinstance(x, TFNetwork) for x in data)
 
@@ -348,7 +348,7 @@ def load_network(path, device="cpu"):
     source is 'studio' (our .pt), 'nvidia-pytorch' or 'nvidia-tf'. G and D are None when the file lacks them.
     All networks are float32 and in eval mode on `device`; G_ema has requires_grad False.
     """
-    from engine.nvidia_pickle import ModuleGraphError
+    from engine.nvidia.unpickler import ModuleGraphError
 
     path = _check_readable(path)
     device = torch.device(device)
@@ -364,12 +364,12 @@ def load_network(path, device="cpu"):
     except RecursionError:
         raise UserError(f"{path} is not a network file that can be read: its objects are nested too deeply") from None
     except ValueError as e:
-        # Raised by the bounded copies of settings and tensors (engine.nvidia_pickle) for crafted content.
+        # Raised by the bounded copies of settings and tensors (engine.nvidia.unpickler) for crafted content.
         raise UserError(f"{path} is not a network file that can be read: {str(e)[:300]}") from None
 
 
 def _load_network(path, device):
-    from engine.nvidia_pickle import read_pickle_or_user_error
+    from engine.nvidia.unpickler import read_pickle_or_user_error
 
     with open(path, "rb") as f:
         head = f.read(4)

@@ -1,6 +1,6 @@
 """Converting TensorFlow-era StyleGAN2 / StyleGAN2-ADA networks by variable name, without TensorFlow.
 
-A TF pickle is a tuple (G, D, Gs) of dnnlib.tflib Networks (see engine.nvidia_pickle.TFNetwork). Each variable is
+A TF pickle is a tuple (G, D, Gs) of dnnlib.tflib Networks (see engine.nvidia.unpickler.TFNetwork). Each variable is
 renamed and reshaped into the PyTorch state_dict of our Generator / Discriminator (whose names are NVIDIA's):
 TF convolution weights are [kh, kw, in, out] and become [out, in, kh, kw]; dense weights [in, out] become
 [out, in]; TF's up-sampling convolutions (Conv0_up, G's Skip) are transposed convolutions whose kernel is
