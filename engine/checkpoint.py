@@ -8,8 +8,10 @@ Our snapshot (`network-snapshot-NNNNNN.pt`, exports) is `torch.save` of plain da
      'G': {...}, 'D': {...}, 'augment': {...}, 'progress': {...}, 'optimizers': {...}, 'options': {...},
      'dataset': {...}, 'rng': {...}}
 
-NVIDIA's PyTorch pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) and TF-era pickles are read through
-the restricted unpickler in engine.nvidia.unpickler and rebuilt as our networks, which keep NVIDIA's names.
+load_network is the one door for every network file: our .pt here, safetensors exports through engine.export, and
+NVIDIA's PyTorch pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) and TF-era pickles through the
+engine.nvidia package (read by its restricted unpickler, rebuilt as our networks, which keep NVIDIA's names).
+Every network is built by engine.nets.build, which checks the file's settings and tensors first.
 """
 
 import os
@@ -20,8 +22,12 @@ from pathlib import Path
 
 import torch
 
+from engine import export, fsutil
 from engine.errors import UserError
 from engine.nets.build import build_network, finish_network
+from engine.nvidia import pytorch as nvidia_pytorch
+from engine.nvidia import tf as nvidia_tf
+from engine.nvidia.unpickler import ModuleGraphError, check_zip_expansion, read_pickle_or_user_error
 
 FORMAT = "stylegan-studio"
 VERSION = 1
@@ -58,8 +64,6 @@ def save_snapshot(path, data):
 
     data: plain data only (tensors, numbers, strings, lists, dicts), so that weights_only loading opens it.
     """
-    from engine import fsutil
-
     path = Path(path)
     fsutil.check_name_lengths(path, "snapshot file")
     directory = path.parent if str(path.parent) else Path(".")
@@ -117,9 +121,7 @@ def estimate_saved_size(data):
 
 
 def _check_readable(path):
-    from engine.fsutil import check_name_lengths
-
-    check_name_lengths(path, "network file")
+    fsutil.check_name_lengths(path, "network file")
     path = Path(path)
     if not path.exists():
         raise UserError(f"network file {path} does not exist")
@@ -150,8 +152,6 @@ def load_snapshot(path):
 
 def _check_zip(path):
     """A zip whose records would inflate far beyond its size is refused before torch reads it."""
-    from engine.nvidia.unpickler import check_zip_expansion
-
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
             return
@@ -163,144 +163,6 @@ def _check_zip(path):
 
 def is_snapshot(data):
     return isinstance(data, dict) and data.get("format") == FORMAT
-
-
-# --------------------------------------------------------------------------------------------------------------
-# NVIDIA PyTorch pickles
-
-
-_G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"]
-_D_POSITIONAL = ["c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",
-                 "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs", "mapping_kwargs", "epilogue_kwargs"]
-
-
-def _kwargs_from_persistent(obj, positional, attrs):
-    from engine.nvidia.unpickler import init_arguments, module_state, to_plain
-
-    args, kwargs = init_arguments(obj)
-    for name, value in zip(positional, args):
-        kwargs.setdefault(name, to_plain(value))
-    state = module_state(obj)
-    for name in attrs:
-        if name not in kwargs and name in state:
-            kwargs[name] = to_plain(state[name])
-    return kwargs
-
-
-def _refuse_stylegan3(obj, path):
-    from engine.nvidia.unpickler import class_name, iter_modules
-
-    for name, mod in iter_modules(obj):
-        if class_name(mod) == "SynthesisInput" or name.split(".")[-1] == "input":
-            raise UserError(f"{path} is a StyleGAN3 (-T/-R) network, a different architecture; only StyleGAN2 "
-                            "networks load here (stylegan2-ada, stylegan3 --cfg=stylegan2, TF StyleGAN2/ADA)")
-
-
-def _nvidia_generator(obj, path, what):
-    from engine.nvidia.unpickler import PersistentObject, class_name, flat_state_dict
-
-    if not isinstance(obj, PersistentObject) or class_name(obj) != "Generator":
-        raise UserError(f"{path}: {what} is not a StyleGAN2 Generator (found {class_name(obj)})")
-    _refuse_stylegan3(obj, path)
-    kwargs = _kwargs_from_persistent(obj, _G_POSITIONAL, ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"])
-    nested = kwargs.pop("synthesis_kwargs", None) or {}
-    kwargs = {**nested, **kwargs}
-    kwargs["mapping_kwargs"] = dict(kwargs.get("mapping_kwargs") or {})
-    for name in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"):
-        if name not in kwargs:
-            raise UserError(f"{path}: {what} does not record its {name}")
-    return build_network("G", kwargs, flat_state_dict(obj), path, what)
-
-
-def _nvidia_discriminator(obj, path):
-    from engine.nvidia.unpickler import PersistentObject, class_name, flat_state_dict
-
-    if not isinstance(obj, PersistentObject) or class_name(obj) != "Discriminator":
-        raise UserError(f"{path}: D is not a StyleGAN2 Discriminator (found {class_name(obj)})")
-    kwargs = _kwargs_from_persistent(obj, _D_POSITIONAL, ["c_dim", "img_resolution", "img_channels"])
-    for name in ("block_kwargs", "mapping_kwargs", "epilogue_kwargs"):
-        if name in kwargs:
-            kwargs[name] = dict(kwargs[name] or {})
-    return build_network("D", kwargs, flat_state_dict(obj), path, "D")
-
-
-def _augment_from_pipe(pipe):
-    from engine.nvidia.unpickler import PersistentObject, flat_state_dict, init_arguments
-
-    if not isinstance(pipe, PersistentObject):
-        return None, None
-    state = flat_state_dict(pipe)
-    p = float(state["p"].item()) if "p" in state and state["p"].numel() == 1 else None
-    _, kwargs = init_arguments(pipe)
-    return p, kwargs
-
-
-def _load_nvidia_pytorch(data, path, device):
-    if "G_ema" not in data and "G" not in data:
-        raise UserError(f"{path} holds no generator (no 'G_ema' or 'G' entry)")
-    G_ema = _nvidia_generator(data["G_ema"], path, "G_ema") if data.get("G_ema") is not None else None
-    G = _nvidia_generator(data["G"], path, "G") if data.get("G") is not None else None
-    D = _nvidia_discriminator(data["D"], path) if data.get("D") is not None else None
-    if G_ema is None:
-        G_ema = _nvidia_generator(data["G"], path, "G")
-    augment_p, augment_kwargs = _augment_from_pipe(data.get("augment_pipe"))
-    dataset = _dataset_facts(G_ema, data.get("training_set_kwargs"))
-    return {
-        "G": finish_network(G, device, False),
-        "D": finish_network(D, device, False),
-        "G_ema": finish_network(G_ema, device, True),
-        "augment_p": augment_p,
-        "augment_kwargs": augment_kwargs,
-        "progress": None,
-        "dataset": dataset,
-        "source": "nvidia-pytorch",
-        "snapshot": None,
-    }
-
-
-def _dataset_facts(G, training_set_kwargs):
-    from engine.nvidia.unpickler import to_plain
-
-    facts = {"resolution": int(G.img_resolution), "channels": int(G.img_channels), "label_dim": int(G.c_dim)}
-    if isinstance(training_set_kwargs, dict):
-        tsk = to_plain(training_set_kwargs)
-        if tsk.get("path") is not None:
-            facts["path"] = str(tsk["path"])
-            facts["name"] = Path(str(tsk["path"])).stem
-    return facts
-
-
-# --------------------------------------------------------------------------------------------------------------
-# TF-era pickles
-
-
-def _load_nvidia_tf(data, path, device):
-    from engine import tf_import
-    from engine.nvidia.unpickler import TFNetwork
-
-    G_tf, D_tf, Gs_tf = data
-    for name, net in (("G", G_tf), ("D", D_tf), ("Gs", Gs_tf)):
-        if not isinstance(net, TFNetwork):
-            raise UserError(f"{path}: the {name} entry of the TF pickle is not a network")
-    out = []
-    for net, kind, what in ((G_tf, "G", "G"), (D_tf, "D", "D"), (Gs_tf, "G", "Gs")):
-        if kind == "G":
-            kwargs, state = tf_import.convert_generator(net)
-        else:
-            kwargs, state = tf_import.convert_discriminator(net)
-        out.append(build_network(kind, kwargs, state, path, what, fill_missing=("resample_filter",)))
-    G, D, G_ema = out
-    return {
-        "G": finish_network(G, device, False),
-        "D": finish_network(D, device, False),
-        "G_ema": finish_network(G_ema, device, True),
-        "augment_p": None,
-        "augment_kwargs": None,
-        "progress": None,
-        "dataset": _dataset_facts(G_ema, None),
-        "source": "nvidia-tf",
-        "snapshot": None,
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -335,26 +197,21 @@ def _load_studio(data, path, device):
     }
 
 
-def _is_tf_tuple(data):
-    from engine.nvidia.unpickler import TFNetwork
-
-    return isinstance(data, tuple) and len(data) == 3 and any(isinstance(x, TFNetwork) for x in data)
+# --------------------------------------------------------------------------------------------------------------
+# The door: any network file -> networks
 
 
 def load_network(path, device="cpu"):
     """Any supported network file -> {'G', 'D', 'G_ema', 'augment_p', 'augment_kwargs', 'progress', 'dataset',
     'source', 'snapshot'}.
 
-    source is 'studio' (our .pt), 'nvidia-pytorch' or 'nvidia-tf'. G and D are None when the file lacks them.
+    source is 'studio' (our .pt), 'safetensors', 'nvidia-pytorch' or 'nvidia-tf'. G and D are None when the file lacks them.
     All networks are float32 and in eval mode on `device`; G_ema has requires_grad False.
     """
-    from engine.nvidia.unpickler import ModuleGraphError
-
     path = _check_readable(path)
     device = torch.device(device)
     try:
-        from engine import export  # safetensors exports (source 'safetensors'): the weights or the .json beside them
-
+        # safetensors exports (source 'safetensors'): the weights or the .json beside them
         if export.is_safetensors_export(path):
             return export.load_safetensors_network(path, device)
         _check_zip(path)
@@ -364,13 +221,12 @@ def load_network(path, device="cpu"):
     except RecursionError:
         raise UserError(f"{path} is not a network file that can be read: its objects are nested too deeply") from None
     except ValueError as e:
-        # Raised by the bounded copies of settings and tensors (engine.nvidia.unpickler) for crafted content.
+        # Raised for crafted content by the bounded copies of settings (engine.nvidia.unpickler) and the tensor
+        # check (engine.nets.build).
         raise UserError(f"{path} is not a network file that can be read: {str(e)[:300]}") from None
 
 
 def _load_network(path, device):
-    from engine.nvidia.unpickler import read_pickle_or_user_error
-
     with open(path, "rb") as f:
         head = f.read(4)
     data = None
@@ -386,12 +242,12 @@ def _load_network(path, device):
             return _load_studio(data, path, device)
     if data is None:
         data = read_pickle_or_user_error(path)
-    if _is_tf_tuple(data):
-        return _load_nvidia_tf(data, path, device)
+    if nvidia_tf.is_tf_pickle(data):
+        return nvidia_tf.load(data, path, device)
     if isinstance(data, dict) and ("G_ema" in data or "G" in data):
         if is_snapshot(data):
             return _load_studio(data, path, device)
-        return _load_nvidia_pytorch(data, path, device)
+        return nvidia_pytorch.load(data, path, device)
     raise UserError(f"{path} is not a network file (no generator found in it)")
 
 

@@ -332,6 +332,7 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
 
     Returns {'paths': [written files], 'max_abs_diff': float, 'format': fmt}.
     """
+    # Imported here because engine.checkpoint imports this module (load_network opens safetensors exports).
     from engine.checkpoint import load_network
 
     if fmt not in FORMATS:
