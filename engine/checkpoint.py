@@ -8,8 +8,10 @@ Our snapshot (`network-snapshot-NNNNNN.pt`, exports) is `torch.save` of plain da
      'G': {...}, 'D': {...}, 'augment': {...}, 'progress': {...}, 'optimizers': {...}, 'options': {...},
      'dataset': {...}, 'rng': {...}}
 
-NVIDIA's PyTorch pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) and TF-era pickles are read through
-the restricted unpickler in engine.nvidia_pickle and rebuilt as our networks, which keep NVIDIA's names.
+load_network is the one door for every network file: our .pt here, safetensors exports through engine.export, and
+NVIDIA's PyTorch pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) and TF-era pickles through the
+engine.nvidia package (read by its restricted unpickler, rebuilt as our networks, which keep NVIDIA's names).
+Every network is built by engine.nets.build, which checks the file's settings and tensors first.
 """
 
 import os
@@ -19,13 +21,15 @@ from pathlib import Path
 
 import torch
 
+from engine import export, fsutil
 from engine.errors import UserError
+from engine.nets.build import build_network, finish_network
+from engine.nvidia import pytorch as nvidia_pytorch
+from engine.nvidia import tf as nvidia_tf
+from engine.nvidia.unpickler import ModuleGraphError, check_zip_expansion, read_pickle_or_user_error
 
 FORMAT = "stylegan-studio"
 VERSION = 1
-
-# NVIDIA constructor arguments that only choose an execution strategy with identical results.
-_IGNORED_KWARGS = {"fused_modconv_default", "class_name"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -59,8 +63,6 @@ def save_snapshot(path, data):
 
     data: plain data only (tensors, numbers, strings, lists, dicts), so that weights_only loading opens it.
     """
-    from engine import fsutil
-
     path = Path(path)
     fsutil.check_name_lengths(path, "snapshot file")
     directory = path.parent if str(path.parent) else Path(".")
@@ -101,9 +103,7 @@ def estimate_saved_size(data):
 
 
 def _check_readable(path):
-    from engine.fsutil import check_name_lengths
-
-    check_name_lengths(path, "network file")
+    fsutil.check_name_lengths(path, "network file")
     path = Path(path)
     if not path.exists():
         raise UserError(f"network file {path} does not exist")
@@ -134,8 +134,6 @@ def load_snapshot(path):
 
 def _check_zip(path):
     """A zip whose records would inflate far beyond its size is refused before torch reads it."""
-    from engine.nvidia_pickle import check_zip_expansion
-
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
             return
@@ -147,298 +145,6 @@ def _check_zip(path):
 
 def is_snapshot(data):
     return isinstance(data, dict) and data.get("format") == FORMAT
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building networks
-
-
-def _nets():
-    from engine import nets
-
-    return nets
-
-
-# Settings every real StyleGAN2 network lies well inside (NVIDIA's published networks: up to 1024 px, z and w 512,
-# 2-8 mapping layers, channel_base 16384-32768 / channel_max 512, conditional ones up to 1000 classes). They only
-# keep the measuring of a network cheap; the real bound is the file's size (see _check_against_file).
-_INT_LIMITS = {
-    "z_dim": (0, 4096), "w_dim": (1, 4096), "c_dim": (0, 100_000), "img_resolution": (4, 4096),
-    "img_channels": (1, 16), "channel_base": (1, 1 << 22), "channel_max": (1, 8192), "num_fp16_res": (0, 16),
-    "num_layers": (0, 64), "embed_features": (0, 8192), "layer_features": (1, 8192), "cmap_dim": (0, 8192),
-    "mbstd_group_size": (0, 4096), "mbstd_num_channels": (0, 64), "freeze_layers": (0, 64),
-}
-_SETTINGS_DEPTH = 4  # kwargs -> mapping_kwargs / synthesis_kwargs / block_kwargs -> resample_filter list
-_SETTINGS_NODES = 2000
-
-
-def check_network_settings(kwargs, path, what):
-    """Refuse constructor settings outside _INT_LIMITS, or too large/deep to be a network's settings.
-
-    Runs before anything is built, so that a few bytes of settings cannot ask for gigabytes.
-    """
-    budget = [_SETTINGS_NODES]
-
-    def visit(value, key, depth):
-        budget[0] -= 1
-        if budget[0] < 0 or depth > _SETTINGS_DEPTH:
-            raise UserError(f"{path}: the recorded settings of {what} are nested too deeply or too large to be a "
-                            "network's settings")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise UserError(f"{path}: {what} has a setting named by a {type(k).__name__}, not a string")
-                visit(v, k, depth + 1)
-        elif isinstance(value, (list, tuple)):
-            if len(value) > 64:
-                raise UserError(f"{path}: {what} setting {key} is a list of {len(value)} entries (at most 64)")
-            for v in value:
-                visit(v, key, depth + 1)
-        elif key in _INT_LIMITS and value is not None:
-            lo, hi = _INT_LIMITS[key]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"{path}: {what} setting {key} is {type(value).__name__}, not a whole number")
-            if not lo <= value <= hi:
-                raise UserError(f"{path}: {what} setting {key}={value} is outside {lo}..{hi}, the range of real "
-                                "StyleGAN2 networks")
-        elif not (value is None or isinstance(value, (bool, int, float, str))):
-            raise UserError(f"{path}: {what} setting {key} is a {type(value).__name__}, not a plain value")
-        elif isinstance(value, str) and len(value) > 256:
-            raise UserError(f"{path}: {what} setting {key} is a string of {len(value)} characters")
-
-    visit(kwargs, "settings", 0)
-
-
-def _file_size(path):
-    try:
-        return os.path.getsize(path)
-    except (OSError, TypeError):
-        return None
-
-
-def network_layout(kind, kwargs, path, what):
-    """The state dict (meta tensors: shapes, no memory) of the network `kwargs` describe, after the settings
-    passed check_network_settings. UserError when they do not describe a network."""
-    nets = _nets()
-    cls = nets.Generator if kind == "G" else nets.Discriminator
-    kwargs = {k: v for k, v in dict(kwargs).items() if k not in _IGNORED_KWARGS}
-    check_network_settings(kwargs, path, what)
-    try:
-        with torch.device("meta"):
-            return cls(**kwargs).state_dict()
-    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ZeroDivisionError,
-            OverflowError) as e:
-        raise UserError(f"{path}: cannot build {what} from its recorded settings ({str(e)[:300]})") from None
-
-
-def _check_against_file(layout, path, what):
-    """The network `layout` (a state dict of meta tensors) must fit in the file: at least one byte per value.
-
-    Real files hold 2 (float16 export) or 4 bytes per value, so a network implied by settings that is larger
-    than its file cannot be what the file holds, whatever its tensors claim to be.
-    """
-    size = _file_size(path)
-    needed = sum(int(t.numel()) for t in layout.values())
-    if size is not None and needed > size:
-        raise UserError(f"{path}: the settings of {what} describe a network of {needed:,} values, more than this "
-                        f"{size:,}-byte file can hold; the file is damaged or not a real network")
-
-
-def build_network(kind, kwargs, state, path, what, fill_missing=()):
-    """Construct our Generator/Discriminator from kwargs and load `state` into it (float32, strict names).
-
-    kind: 'G' or 'D'. path/what name the file and entry in error messages. fill_missing: name suffixes of
-    tensors the file may lack because they follow from the settings (TF files store no resample filters).
-    The settings are checked, and the network is laid out on the meta device (no memory) and compared with the
-    file's size and tensors, before it is built.
-    """
-    from engine.nvidia_pickle import check_tensor_data
-
-    nets = _nets()
-    cls = nets.Generator if kind == "G" else nets.Discriminator
-    kwargs = {k: v for k, v in dict(kwargs).items() if k not in _IGNORED_KWARGS}
-    layout = network_layout(kind, kwargs, path, what)
-    _check_against_file(layout, path, what)
-    state = dict(state)
-    missing = [k for k in layout if k not in state and not k.endswith(tuple(fill_missing))]
-    unexpected = [k for k in state if k not in layout]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(map(str, unexpected[:4]))}{' ...' if len(unexpected) > 4 else ''}")
-        raise UserError(f"{path}: {what} does not match a StyleGAN2 network ({'; '.join(parts)})")
-    for name, ref in layout.items():
-        if name not in state:
-            continue
-        value = state[name]
-        if not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: {what} entry {name} is not a tensor")
-        try:
-            check_tensor_data(value, name)
-        except ValueError as e:
-            raise UserError(f"{path}: {what} {e}") from None
-        if tuple(value.shape) != tuple(ref.shape):
-            raise UserError(f"{path}: {what} tensor {name} has shape {list(value.shape)}, expected {list(ref.shape)}")
-    try:
-        net = cls(**kwargs)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        raise UserError(f"{path}: cannot build {what} from its recorded settings ({e})") from None
-    own = net.state_dict()
-    converted = {}
-    for name, ref in own.items():
-        value = state.get(name, ref)
-        converted[name] = value.to(ref.dtype) if value.is_floating_point() else value
-    net.load_state_dict(converted, strict=True)
-    return net
-
-
-def _finish(net, device, frozen):
-    if net is None:
-        return None
-    net = net.to(device).eval()
-    if frozen:
-        net.requires_grad_(False)
-    return net
-
-
-# --------------------------------------------------------------------------------------------------------------
-# NVIDIA PyTorch pickles
-
-
-_G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"]
-_D_POSITIONAL = ["c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",
-                 "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs", "mapping_kwargs", "epilogue_kwargs"]
-
-
-def _kwargs_from_persistent(obj, positional, attrs):
-    from engine.nvidia_pickle import init_arguments, module_state, to_plain
-
-    args, kwargs = init_arguments(obj)
-    for name, value in zip(positional, args):
-        kwargs.setdefault(name, to_plain(value))
-    state = module_state(obj)
-    for name in attrs:
-        if name not in kwargs and name in state:
-            kwargs[name] = to_plain(state[name])
-    return kwargs
-
-
-def _refuse_stylegan3(obj, path):
-    from engine.nvidia_pickle import class_name, iter_modules
-
-    for name, mod in iter_modules(obj):
-        if class_name(mod) == "SynthesisInput" or name.split(".")[-1] == "input":
-            raise UserError(f"{path} is a StyleGAN3 (-T/-R) network, a different architecture; only StyleGAN2 "
-                            "networks load here (stylegan2-ada, stylegan3 --cfg=stylegan2, TF StyleGAN2/ADA)")
-
-
-def _nvidia_generator(obj, path, what):
-    from engine.nvidia_pickle import PersistentObject, class_name, flat_state_dict
-
-    if not isinstance(obj, PersistentObject) or class_name(obj) != "Generator":
-        raise UserError(f"{path}: {what} is not a StyleGAN2 Generator (found {class_name(obj)})")
-    _refuse_stylegan3(obj, path)
-    kwargs = _kwargs_from_persistent(obj, _G_POSITIONAL, ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"])
-    nested = kwargs.pop("synthesis_kwargs", None) or {}
-    kwargs = {**nested, **kwargs}
-    kwargs["mapping_kwargs"] = dict(kwargs.get("mapping_kwargs") or {})
-    for name in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"):
-        if name not in kwargs:
-            raise UserError(f"{path}: {what} does not record its {name}")
-    return build_network("G", kwargs, flat_state_dict(obj), path, what)
-
-
-def _nvidia_discriminator(obj, path):
-    from engine.nvidia_pickle import PersistentObject, class_name, flat_state_dict
-
-    if not isinstance(obj, PersistentObject) or class_name(obj) != "Discriminator":
-        raise UserError(f"{path}: D is not a StyleGAN2 Discriminator (found {class_name(obj)})")
-    kwargs = _kwargs_from_persistent(obj, _D_POSITIONAL, ["c_dim", "img_resolution", "img_channels"])
-    for name in ("block_kwargs", "mapping_kwargs", "epilogue_kwargs"):
-        if name in kwargs:
-            kwargs[name] = dict(kwargs[name] or {})
-    return build_network("D", kwargs, flat_state_dict(obj), path, "D")
-
-
-def _augment_from_pipe(pipe):
-    from engine.nvidia_pickle import PersistentObject, flat_state_dict, init_arguments
-
-    if not isinstance(pipe, PersistentObject):
-        return None, None
-    state = flat_state_dict(pipe)
-    p = float(state["p"].item()) if "p" in state and state["p"].numel() == 1 else None
-    _, kwargs = init_arguments(pipe)
-    return p, kwargs
-
-
-def _load_nvidia_pytorch(data, path, device):
-    if "G_ema" not in data and "G" not in data:
-        raise UserError(f"{path} holds no generator (no 'G_ema' or 'G' entry)")
-    G_ema = _nvidia_generator(data["G_ema"], path, "G_ema") if data.get("G_ema") is not None else None
-    G = _nvidia_generator(data["G"], path, "G") if data.get("G") is not None else None
-    D = _nvidia_discriminator(data["D"], path) if data.get("D") is not None else None
-    if G_ema is None:
-        G_ema = _nvidia_generator(data["G"], path, "G")
-    augment_p, augment_kwargs = _augment_from_pipe(data.get("augment_pipe"))
-    dataset = _dataset_facts(G_ema, data.get("training_set_kwargs"))
-    return {
-        "G": _finish(G, device, False),
-        "D": _finish(D, device, False),
-        "G_ema": _finish(G_ema, device, True),
-        "augment_p": augment_p,
-        "augment_kwargs": augment_kwargs,
-        "progress": None,
-        "dataset": dataset,
-        "source": "nvidia-pytorch",
-        "snapshot": None,
-    }
-
-
-def _dataset_facts(G, training_set_kwargs):
-    from engine.nvidia_pickle import to_plain
-
-    facts = {"resolution": int(G.img_resolution), "channels": int(G.img_channels), "label_dim": int(G.c_dim)}
-    if isinstance(training_set_kwargs, dict):
-        tsk = to_plain(training_set_kwargs)
-        if tsk.get("path") is not None:
-            facts["path"] = str(tsk["path"])
-            facts["name"] = Path(str(tsk["path"])).stem
-    return facts
-
-
-# --------------------------------------------------------------------------------------------------------------
-# TF-era pickles
-
-
-def _load_nvidia_tf(data, path, device):
-    from engine import tf_import
-    from engine.nvidia_pickle import TFNetwork
-
-    G_tf, D_tf, Gs_tf = data
-    for name, net in (("G", G_tf), ("D", D_tf), ("Gs", Gs_tf)):
-        if not isinstance(net, TFNetwork):
-            raise UserError(f"{path}: the {name} entry of the TF pickle is not a network")
-    out = []
-    for net, kind, what in ((G_tf, "G", "G"), (D_tf, "D", "D"), (Gs_tf, "G", "Gs")):
-        if kind == "G":
-            kwargs, state = tf_import.convert_generator(net)
-        else:
-            kwargs, state = tf_import.convert_discriminator(net)
-        out.append(build_network(kind, kwargs, state, path, what, fill_missing=("resample_filter",)))
-    G, D, G_ema = out
-    return {
-        "G": _finish(G, device, False),
-        "D": _finish(D, device, False),
-        "G_ema": _finish(G_ema, device, True),
-        "augment_p": None,
-        "augment_kwargs": None,
-        "progress": None,
-        "dataset": _dataset_facts(G_ema, None),
-        "source": "nvidia-tf",
-        "snapshot": None,
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -461,9 +167,9 @@ def _load_studio(data, path, device):
         nets["G_ema"] = build_network("G", data["G"]["kwargs"], data["G"]["state"], path, "G")
     augment = data.get("augment") if isinstance(data.get("augment"), dict) else None
     return {
-        "G": _finish(nets["G"], device, False),
-        "D": _finish(nets["D"], device, False),
-        "G_ema": _finish(nets["G_ema"], device, True),
+        "G": finish_network(nets["G"], device, False),
+        "D": finish_network(nets["D"], device, False),
+        "G_ema": finish_network(nets["G_ema"], device, True),
         "augment_p": float(augment["p"]) if augment and augment.get("p") is not None else None,
         "augment_kwargs": augment.get("kwargs") if augment else None,
         "progress": data.get("progress") if isinstance(data.get("progress"), dict) else None,
@@ -473,26 +179,21 @@ def _load_studio(data, path, device):
     }
 
 
-def _is_tf_tuple(data):
-    from engine.nvidia_pickle import TFNetwork
-
-    return isinstance(data, tuple) and len(data) == 3 and any(isinstance(x, TFNetwork) for x in data)
+# --------------------------------------------------------------------------------------------------------------
+# The door: any network file -> networks
 
 
 def load_network(path, device="cpu"):
     """Any supported network file -> {'G', 'D', 'G_ema', 'augment_p', 'augment_kwargs', 'progress', 'dataset',
     'source', 'snapshot'}.
 
-    source is 'studio' (our .pt), 'nvidia-pytorch' or 'nvidia-tf'. G and D are None when the file lacks them.
+    source is 'studio' (our .pt), 'safetensors', 'nvidia-pytorch' or 'nvidia-tf'. G and D are None when the file lacks them.
     All networks are float32 and in eval mode on `device`; G_ema has requires_grad False.
     """
-    from engine.nvidia_pickle import ModuleGraphError
-
     path = _check_readable(path)
     device = torch.device(device)
     try:
-        from engine import export  # safetensors exports (source 'safetensors'): the weights or the .json beside them
-
+        # safetensors exports (source 'safetensors'): the weights or the .json beside them
         if export.is_safetensors_export(path):
             return export.load_safetensors_network(path, device)
         _check_zip(path)
@@ -502,13 +203,12 @@ def load_network(path, device="cpu"):
     except RecursionError:
         raise UserError(f"{path} is not a network file that can be read: its objects are nested too deeply") from None
     except ValueError as e:
-        # Raised by the bounded copies of settings and tensors (engine.nvidia_pickle) for crafted content.
+        # Raised for crafted content by the bounded copies of settings (engine.nvidia.unpickler) and the tensor
+        # check (engine.nets.build).
         raise UserError(f"{path} is not a network file that can be read: {str(e)[:300]}") from None
 
 
 def _load_network(path, device):
-    from engine.nvidia_pickle import read_pickle_or_user_error
-
     with open(path, "rb") as f:
         head = f.read(4)
     data = None
@@ -524,12 +224,12 @@ def _load_network(path, device):
             return _load_studio(data, path, device)
     if data is None:
         data = read_pickle_or_user_error(path)
-    if _is_tf_tuple(data):
-        return _load_nvidia_tf(data, path, device)
+    if nvidia_tf.is_tf_pickle(data):
+        return nvidia_tf.load(data, path, device)
     if isinstance(data, dict) and ("G_ema" in data or "G" in data):
         if is_snapshot(data):
             return _load_studio(data, path, device)
-        return _load_nvidia_pytorch(data, path, device)
+        return nvidia_pytorch.load(data, path, device)
     raise UserError(f"{path} is not a network file (no generator found in it)")
 
 

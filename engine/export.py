@@ -26,6 +26,7 @@ import torch
 
 from engine import fsutil
 from engine.errors import UserError
+from engine.nets.build import build_network
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
@@ -251,8 +252,6 @@ def load_safetensors_network(path, device="cpu"):
 
     The constructor arguments come from the .json beside the weights, or from the copy in the file's header.
     """
-    from engine.checkpoint import build_network
-
     path = Path(path)
     info = None
     if path.suffix.lower() == ".json":
@@ -329,6 +328,7 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
 
     Returns {'paths': [written files], 'max_abs_diff': float, 'format': fmt}.
     """
+    # Imported here because engine.checkpoint imports this module (load_network opens safetensors exports).
     from engine.checkpoint import load_network
 
     if fmt not in FORMATS:

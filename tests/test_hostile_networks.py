@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import _check_against_file, load_network, network_layout, save_snapshot
+from engine.checkpoint import load_network, save_snapshot
 from engine.errors import UserError
+from engine.nets.build import _check_against_file, network_layout
 from nvidia_fixtures import _nvidia_module_names, nvidia_pytorch_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent

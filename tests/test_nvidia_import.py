@@ -17,7 +17,7 @@ from engine.checkpoint import load_network
 from engine.errors import UserError
 from engine.generate import generate_images
 from engine.nets import Discriminator, Generator
-from engine.nvidia_pickle import RestrictedUnpickler, UnsafeGlobalError
+from engine.nvidia.unpickler import RestrictedUnpickler, UnsafeGlobalError
 from nvidia_fixtures import _nvidia_module_names, nvidia_pytorch_snapshot, write_nvidia_pytorch_pkl, \
     write_nvidia_tf_pkl
 

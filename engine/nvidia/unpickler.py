@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.nets.build import check_tensor_data
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -490,14 +491,6 @@ def flat_state_dict(obj):
                 check_tensor_data(value, full)
                 out[full] = value.detach()
     return out
-
-
-def check_tensor_data(value, name):
-    """Refuse a tensor that claims more values than its data holds (a stride-0 view of a few bytes posing as a
-    large weight): every later copy of it would allocate memory the file never paid for."""
-    need = value.numel() * value.element_size()
-    if need and need > value.untyped_storage().nbytes():
-        raise ValueError(f"tensor {name} of shape {list(value.shape)} claims more values than its data holds")
 
 
 def init_arguments(obj):

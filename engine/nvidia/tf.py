@@ -1,6 +1,6 @@
 """Converting TensorFlow-era StyleGAN2 / StyleGAN2-ADA networks by variable name, without TensorFlow.
 
-A TF pickle is a tuple (G, D, Gs) of dnnlib.tflib Networks (see engine.nvidia_pickle.TFNetwork). Each variable is
+A TF pickle is a tuple (G, D, Gs) of dnnlib.tflib Networks (see engine.nvidia.unpickler.TFNetwork). Each variable is
 renamed and reshaped into the PyTorch state_dict of our Generator / Discriminator (whose names are NVIDIA's):
 TF convolution weights are [kh, kw, in, out] and become [out, in, kh, kw]; dense weights [in, out] become
 [out, in]; TF's up-sampling convolutions (Conv0_up, G's Skip) are transposed convolutions whose kernel is
@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.nets.build import build_network, finish_network
+from engine.nvidia.pytorch import dataset_facts
+from engine.nvidia.unpickler import TFNetwork
 
 
 def conv_weight(v, flip=False):
@@ -286,3 +289,39 @@ def convert_discriminator(net):
         raise UserError(f"TF discriminator {net.name!r} does not record its resolution")
     state, facts = discriminator_state(net.all_variables(), static["resolution"])
     return discriminator_kwargs(static, state, facts), state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole file
+
+
+def is_tf_pickle(data):
+    """Whether the unpickled `data` is the (G, D, Gs) tuple of a TF-era pickle."""
+    return isinstance(data, tuple) and len(data) == 3 and any(isinstance(x, TFNetwork) for x in data)
+
+
+def load(data, path, device):
+    """The (G, D, Gs) tuple of a TF-era pickle -> load_network's dict (source 'nvidia-tf'), Gs as G_ema."""
+    G_tf, D_tf, Gs_tf = data
+    for name, net in (("G", G_tf), ("D", D_tf), ("Gs", Gs_tf)):
+        if not isinstance(net, TFNetwork):
+            raise UserError(f"{path}: the {name} entry of the TF pickle is not a network")
+    out = []
+    for net, kind, what in ((G_tf, "G", "G"), (D_tf, "D", "D"), (Gs_tf, "G", "Gs")):
+        if kind == "G":
+            kwargs, state = convert_generator(net)
+        else:
+            kwargs, state = convert_discriminator(net)
+        out.append(build_network(kind, kwargs, state, path, what, fill_missing=("resample_filter",)))
+    G, D, G_ema = out
+    return {
+        "G": finish_network(G, device, False),
+        "D": finish_network(D, device, False),
+        "G_ema": finish_network(G_ema, device, True),
+        "augment_p": None,
+        "augment_kwargs": None,
+        "progress": None,
+        "dataset": dataset_facts(G_ema, None),
+        "source": "nvidia-tf",
+        "snapshot": None,
+    }
