@@ -20,8 +20,7 @@ DIR/curve.jsonl (one line per setting, seed and point; rerunning a setting and s
 redraws DIR/curves.png (KID against kimg, wall minutes and CPU minutes; one colour per setting, the band is the
 seed-to-seed range) and DIR/summary.md (mean, seed spread and per-seed values at each point). --budget-cpu-min /
 --budget-wall-min stop a seed's training early (the trainer is stopped the way the dashboard stops it: it
-writes a snapshot first); the points reached are still evaluated, except that snapshots are named by whole kimg:
-a stop within the same whole kimg as the last tick replaces that tick's snapshot, whose point is then missing.
+writes a snapshot first); the points reached are still evaluated.
 --plot-only redraws from curve.jsonl; --eval-only evaluates run folders already in --out.
 """
 
@@ -37,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from engine import runs  # noqa: E402  (torch-free: the names of a run folder's files)
 
 CURVE = "curve.jsonl"
 
@@ -134,14 +135,22 @@ def snapshot_points(run_dir):
     """[(point, kimg, snapshot path, wall s, cpu s)] from the run's stats.jsonl and its snapshots, in order; point
     is the tick's number (one snapshot a tick), so it stays the same when older snapshots were deleted.
 
-    A snapshot is named by its whole kimg, so it belongs to the last tick whose kimg rounds down to that number
-    (a run stopped just after a tick replaces that tick's snapshot with a later one of the same name).
+    Each snapshot keeps its own file (engine/runs.py): NVIDIA's name KKKKKK belongs to the first tick that ended
+    within kimg KKKKKK, a finer name KKKKKK_III to the tick that ended at exactly that many images.
     """
-    stats = read_jsonl(run_dir / "stats.jsonl")
+    stats = read_jsonl(run_dir / runs.STATS_FILE)
+
+    def nimg(s):
+        return int(round(s["Progress/kimg"]["mean"] * 1000))
+
     points = []
-    for snap in sorted(run_dir.glob("network-snapshot-*.pt")):
-        number = int(snap.stem.rsplit("-", 1)[1])
-        ticks = [s for s in stats if int(round(s["Progress/kimg"]["mean"] * 1000)) // 1000 == number]
+    for _, snap in runs.list_snapshots(run_dir):
+        m = runs.SNAPSHOT_RE.match(snap.name)
+        whole, extra = int(m.group(1)), m.group(2)
+        if extra is None:
+            ticks = [s for s in stats if nimg(s) // 1000 == whole][:1]
+        else:
+            ticks = [s for s in stats if nimg(s) == whole * 1000 + int(extra)]
         if not ticks:
             continue
         t = ticks[-1]
@@ -461,7 +470,7 @@ def main():
         write_records(out, setting, seed, records, only_points=args.eval_only)
         redraw(out)
         if not args.keep_runs:
-            snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+            snaps = [p for _, p in runs.list_snapshots(run_dir)]
             for s in snaps[:-1]:
                 s.unlink()  # the last one stays, so a curve can be continued with the trainer's --resume
     if args.export:
