@@ -207,6 +207,34 @@ def metric_files(run_dir):
     return {p.stem[len("metric-"):]: p for p in sorted(run_dir.glob("metric-*.jsonl"))}
 
 
+def _stat_mean(rec, key):
+    v = rec.get(key)
+    v = v.get("mean") if isinstance(v, dict) else v
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def steady_ticks(stats):
+    """The stats.jsonl records of ticks that are not start-up (their sec/kimg is the training speed): not tick 0,
+    not the first tick of a resumed process, not a tick without a positive sec/kimg.
+
+    A resumed process shows in stats.jsonl as a tick that came much later than the one before it could have
+    (the time between the two records exceeds the tick's own time and maintenance: the run was not running).
+    """
+    vals = []
+    prev_ts = None
+    for i, rec in enumerate(stats):
+        spk = _stat_mean(rec, "Timing/sec_per_kimg")
+        tick = _stat_mean(rec, "Progress/tick")
+        ts = rec.get("timestamp") if isinstance(rec.get("timestamp"), (int, float)) else None
+        busy = (_stat_mean(rec, "Timing/sec_per_tick") or 0.0) + (_stat_mean(rec, "Timing/maintenance_sec") or 0.0)
+        restarted = prev_ts is not None and ts is not None and ts - prev_ts > busy + 30.0
+        prev_ts = ts
+        if i == 0 or not tick or restarted or not spk or spk <= 0:
+            continue
+        vals.append(rec)
+    return vals
+
+
 def read_metrics(run_dir):
     """{metric name: [records of metric-<name>.jsonl]}."""
     return {name: _read_jsonl(p) for name, p in metric_files(run_dir).items()}

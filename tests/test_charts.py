@@ -89,3 +89,16 @@ def test_best_snapshot_is_marked_on_the_metric_curve():
     assert (note.x, note.y) == (4.0, 0.021)
     # Nothing measured: no marker.
     assert not [t for t in charts.training_figure(stats, {}).data if t.name == "best"]
+
+
+def test_speed_panel_leaves_out_start_up_ticks():
+    # tick 0 (one step with the first-call costs) and a resumed process's first tick would dwarf the speed
+    stats = [rec(0.004, Progress__tick=0, Timing__sec_per_kimg=900.0, Timing__sec_per_tick=3.6),
+             rec(0.5, Progress__tick=1, Timing__sec_per_kimg=20.0, Timing__sec_per_tick=10.0),
+             rec(1.0, Progress__tick=2, Timing__sec_per_kimg=21.0, Timing__sec_per_tick=10.5),
+             rec(1.5, Progress__tick=3, Timing__sec_per_kimg=400.0, Timing__sec_per_tick=200.0)]
+    for i, r in enumerate(stats):
+        r["timestamp"] = 1000.0 + 11.0 * i + (3600.0 if i == 3 else 0.0)  # tick 3: after an hour stopped
+    fig = charts.training_figure(stats)
+    speed = [t for t in fig.data if t.name == "sec/kimg"]
+    assert len(speed) == 1 and list(speed[0].y) == [20.0, 21.0] and list(speed[0].x) == [0.5, 1.0]

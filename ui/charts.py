@@ -6,7 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.runs import snapshot_kimg
+from engine.runs import snapshot_kimg, steady_ticks
 
 # Hover text of each panel's title: what the jargon means and what a healthy curve looks like.
 EXPLAIN = {
@@ -145,7 +145,8 @@ def training_figure(stats: list[dict], metrics: dict[str, list] | None = None, t
     for (row, col), (name, keys) in zip(cells, panels):
         ys_all: list[float] = []
         for key, legend, fmt in keys:
-            xs, ys = series(stats, key)
+            # Start-up ticks (tick 0, a resumed process's first) would dwarf the speed: left out of its panel.
+            xs, ys = series(steady_ticks(stats) if key == "Timing/sec_per_kimg" else stats, key)
             if xs:
                 fig.add_trace(_trace(xs, ys, legend, fmt), row=row, col=col)
                 all_x += xs

@@ -25,7 +25,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.timefmt import format_time
 from engine.fsutil import write_json_atomic
-from engine.runs import read_options, read_stats, run_dirs
+from engine.runs import read_options, read_stats, run_dirs, steady_ticks
 from ui.common import ROOT
 from ui.supervisor import Supervisor
 
@@ -58,30 +58,9 @@ def _value(rec: dict, key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def _timed_records(stats: list[dict]) -> list[dict]:
-    """sec/kimg of the ticks that are not start-up: not tick 0, not the first tick of a resumed process.
-
-    A resumed process shows in stats.jsonl as a tick that came much later than the one before it could have
-    (the time between the two records exceeds the tick's own time and maintenance: the run was not running).
-    """
-    vals = []
-    prev_ts = None
-    for i, rec in enumerate(stats):
-        spk = _value(rec, "Timing/sec_per_kimg")
-        tick = _value(rec, "Progress/tick")
-        ts = rec.get("timestamp") if isinstance(rec.get("timestamp"), (int, float)) else None
-        busy = (_value(rec, "Timing/sec_per_tick") or 0.0) + (_value(rec, "Timing/maintenance_sec") or 0.0)
-        restarted = prev_ts is not None and ts is not None and ts - prev_ts > busy + 30.0
-        prev_ts = ts
-        if i == 0 or not tick or restarted or not spk or spk <= 0:
-            continue
-        vals.append(rec)
-    return vals
-
-
 def _timed_ticks(stats: list[dict]) -> list[float]:
     """sec/kimg of the ticks that are not start-up (see _timed_records)."""
-    return [_value(r, "Timing/sec_per_kimg") for r in _timed_records(stats)]
+    return [_value(r, "Timing/sec_per_kimg") for r in steady_ticks(stats)]
 
 
 def _startup_s(stats: list[dict]) -> float | None:
@@ -93,7 +72,7 @@ def _startup_s(stats: list[dict]) -> float | None:
 
 def _overhead_per_kimg(stats: list[dict]) -> float:
     """Seconds of snapshots and grids (the maintenance of the timed ticks) per kimg trained."""
-    recs = _timed_records(stats)
+    recs = steady_ticks(stats)
     kimg = sum((_value(r, "Timing/sec_per_tick") or 0.0) / (_value(r, "Timing/sec_per_kimg") or 1.0) for r in recs)
     maint = sum(_value(r, "Timing/maintenance_sec") or 0.0 for r in recs)
     return maint / kimg if kimg > 0 else 0.0
