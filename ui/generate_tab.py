@@ -557,8 +557,9 @@ def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
         save_image(grid, out / "style-mix.png")  # the plain grid, as the command line writes it
         path = out / "style-mix-labelled.png"
         save_image(label_mix_grid(grid, rows, cols), path)
-        return gr.update(value=str(path), visible=True, label=f"Style mixing: each row with layers "
-                                                             f"{_ranges(styles)} taken from each column")
+        what = ("row's seed", "column's seed") if not (rows_saved or cols_saved) else ("row", "column")
+        return gr.update(value=str(path), visible=True, label=f"Style mixing: each {what[0]} with layers "
+                                                             f"{_ranges(styles)} taken from each {what[1]}")
 
     mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise, m_rows_saved, m_cols_saved], mix_img,
                   api_name="mix",
