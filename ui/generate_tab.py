@@ -531,7 +531,9 @@ def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
         names, saved_ws = _saved(studio, G, saved_v, f"saved latents as {what}s")
         if not str(text or "").strip() and not names:
             raise UserError(f"no {what} seeds given: type numbers such as 1,5,9, or choose saved latents as {what}s")
-        seeds = _seeds(text, f"{what} seeds", limit=16 - len(names)) if str(text or "").strip() else []
+        seeds = _seeds(text, f"{what} seeds", limit=16) if str(text or "").strip() else []
+        if len(seeds) + len(names) > 16:
+            raise UserError(f"{len(seeds) + len(names)} {what}s is too many for one figure; at most 16")
         if seeds and G.c_dim:
             raise UserError("style mixing of seeds is for unconditional networks; this one is conditional: "
                             "clear the seeds and mix saved latents")
