@@ -53,7 +53,8 @@ def build_app(studio, sup=None):
         t_data.select(data["refresh"], None, data["refresh_outputs"], api_name=False)
         t_train.select(train["refresh"], train["refresh_inputs"], train["outputs"], api_name=False).then(
             train["watch"], train["watch_inputs"], train["watch_outputs"], api_name=False)
-        t_gen.select(gen["on_tab"], gen["tab_inputs"], gen["load_outputs"], api_name=False)
+        t_gen.select(gen["on_tab"], gen["tab_inputs"], gen["load_outputs"], api_name=False).then(
+            gen["on_saved"], gen["saved_inputs"], gen["saved_outputs"], api_name=False)
         t_sys.select(system["refresh"], None, system["markdown"], api_name=False)
         # The guide folds itself once there is a dataset and a run (at a page load, or on the next tab change).
         for tab in (t_data, t_train, t_gen, t_sys):
@@ -61,7 +62,8 @@ def build_app(studio, sup=None):
         demo.load(lambda f: guide.fold_once(studio, f), guide_folded, [guide_box, guide_folded], api_name=False)
         demo.load(explore["on_network"], explore["network"], explore["load_outputs"], api_name=False)
         demo.load(gen["on_load"], None, gen["load_outputs"], api_name=False).then(
-            gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False)
+            gen["on_network"], gen["network"], [gen["info"], gen["class_idx"]], api_name=False).then(
+            gen["on_saved"], gen["saved_inputs"], gen["saved_outputs"], api_name=False)
         # A reloaded page shows the watched run's settings, so Resume and Start act on what the user sees.
         demo.load(train["fill"], train["fill_inputs"], train["fill_outputs"], api_name=False)
     demo._studio_tabs = tabs

@@ -292,32 +292,47 @@ def style_mix_grid(G, row_seeds, col_seeds, styles, psi=1, cutoff=None, class_id
     row_seeds, col_seeds, styles = list(row_seeds), list(col_seeds), list(styles)
     if not row_seeds or not col_seeds:
         raise UserError("style mixing needs at least one row seed and one column seed")
-    for s in styles:
-        if not 0 <= s < G.num_ws:
-            raise UserError(f"style layer {s} is out of range: this network has layers 0..{G.num_ws - 1}")
     class_vector(G, class_idx)
     all_seeds = list(dict.fromkeys(row_seeds + col_seeds))
     ws_all = seeds_to_ws(G, all_seeds, psi=psi, cutoff=cutoff, class_idx=class_idx, batch=batch)
     w_of = {seed: ws_all[i] for i, seed in enumerate(all_seeds)}
-    pairs = [(r, c) for r in row_seeds for c in col_seeds]
-    mixed = []
-    for r, c in pairs:
-        w = w_of[r].clone()
-        if styles:
-            w[styles] = w_of[c][styles]
-        mixed.append(w)
-    seed_images = dict(zip(all_seeds, synthesize(G, ws_all, noise_mode=noise_mode, batch=batch)))
-    mixed_images = synthesize(G, torch.stack(mixed), noise_mode=noise_mode, batch=batch)
-    cells = dict(zip(pairs, mixed_images))
-    h, w_, ch = seed_images[all_seeds[0]].shape
+    grid, cells = style_mix_ws_grid(G, torch.stack([w_of[r] for r in row_seeds]),
+                                    torch.stack([w_of[c] for c in col_seeds]), styles, noise_mode=noise_mode,
+                                    batch=batch)
+    return grid, {(row_seeds[i], col_seeds[j]): img for (i, j), img in cells.items()}
+
+
+@torch.no_grad()
+def style_mix_ws_grid(G, row_ws, col_ws, styles, noise_mode="const", batch=8):
+    """The style-mixing figure from latents: row_ws [R, num_ws, w_dim], col_ws [C, num_ws, w_dim] ->
+    (grid np uint8, {(row index, column index): image}), laid out as style_mix_grid does.
+
+    Saved latents (projections, edits) mix like seeds: cell (r, c) is row r's ws with the layers in `styles`
+    taken from column c.
+    """
+    styles = list(styles)
+    if row_ws.shape[0] < 1 or col_ws.shape[0] < 1:
+        raise UserError("style mixing needs at least one row and one column")
+    for s in styles:
+        if not 0 <= s < G.num_ws:
+            raise UserError(f"style layer {s} is out of range: this network has layers 0..{G.num_ws - 1}")
+    R, C = row_ws.shape[0], col_ws.shape[0]
+    mixed = row_ws.unsqueeze(1).repeat(1, C, 1, 1)  # [R, C, num_ws, w_dim]
+    if styles:
+        mixed[:, :, styles] = col_ws[:, styles].unsqueeze(0)
+    row_images = synthesize(G, row_ws, noise_mode=noise_mode, batch=batch)
+    col_images = synthesize(G, col_ws, noise_mode=noise_mode, batch=batch)
+    mixed_images = synthesize(G, mixed.reshape(R * C, *row_ws.shape[1:]), noise_mode=noise_mode, batch=batch)
+    cells = {(i, j): mixed_images[i * C + j] for i in range(R) for j in range(C)}
+    h, w_, ch = row_images[0].shape
     blank = np.full([h, w_, ch], 255, np.uint8)  # white: a black square would read as a broken image
     if ch in (2, 4):
         blank[..., -1] = 0  # transparent corner for images with alpha
-    grid_cells = [blank] + [seed_images[c] for c in col_seeds]
-    for r in row_seeds:
-        grid_cells.append(seed_images[r])
-        grid_cells.extend(cells[(r, c)] for c in col_seeds)
-    grid = make_grid(grid_cells, len(col_seeds) + 1, len(row_seeds) + 1)
+    grid_cells = [blank] + list(col_images)
+    for i in range(R):
+        grid_cells.append(row_images[i])
+        grid_cells.extend(cells[(i, j)] for j in range(C))
+    grid = make_grid(grid_cells, C + 1, R + 1)
     return grid, cells
 
 
@@ -325,7 +340,8 @@ def label_mix_grid(grid, row_seeds, col_seeds, min_cell=96):
     """A style_mix_grid image as a figure for people -> np uint8 [H, W, 3] on white.
 
     Cells are enlarged by a whole factor (nearest neighbour, so small images stay sharp) to at least min_cell px,
-    "seed N" is written above each column and left of each row, and the top-left cell is white. Images with
+    "seed N" (or the text itself, for a saved latent's name given as a string) is written above each column and
+    left of each row, and the top-left cell is white. Images with
     alpha are laid on white; grayscale becomes RGB.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -361,8 +377,8 @@ def label_mix_grid(grid, row_seeds, col_seeds, min_cell=96):
         return x1 - x0, y1 - y0, x0, y0
 
     pad = max(4, font_px // 2)
-    row_text = [f"seed {s}" for s in row_seeds]
-    col_text = [f"seed {s}" for s in col_seeds]
+    row_text = [s if isinstance(s, str) else f"seed {s}" for s in row_seeds]
+    col_text = [s if isinstance(s, str) else f"seed {s}" for s in col_seeds]
     left = max(size(t)[0] for t in row_text) + 2 * pad
     top = max(size(t)[1] for t in col_text) + 2 * pad
     canvas = Image.new("RGB", (left + big.shape[1], top + big.shape[0]), "white")

@@ -191,6 +191,24 @@ def test_style_mix_grid_layout_and_cells():
         gen.style_mix_grid(G, rows, cols, [G.num_ws])
 
 
+def test_style_mix_ws_grid_mixes_any_latents():
+    G = tiny_G()
+    ws = gen.seeds_to_ws(G, [7, 8, 9], psi=0.5)
+    edited = ws[2:3] + 0.5  # a latent no seed makes, as a projection or an edit is
+    grid, cells = gen.style_mix_ws_grid(G, ws[:2], edited, [0, 1])
+    h = w = 16
+    assert grid.shape == (3 * h, 2 * w, 3) and set(cells) == {(0, 0), (1, 0)}
+    assert np.array_equal(grid[:h, w:], gen.synthesize(G, edited)[0])
+    mixed = ws[1].clone()
+    mixed[[0, 1]] = edited[0][[0, 1]]
+    assert np.array_equal(cells[(1, 0)], gen.synthesize(G, mixed[None])[0])
+    assert np.array_equal(grid[2 * h:, w:], cells[(1, 0)])
+    # A name is written as it is (no "seed" before it): short names leave a narrower band than "seed 7".
+    seeds = gen.label_mix_grid(grid, [7, 8], [9])
+    named = gen.label_mix_grid(grid, ["x", "y"], [9])
+    assert named.shape[1] < seeds.shape[1] and named.shape[0] == seeds.shape[0]
+
+
 def test_label_mix_grid_writes_seeds_and_keeps_pixels_sharp():
     G = tiny_G()
     rows, cols = [85, 100], [55, 821, 3]

@@ -69,3 +69,73 @@ def test_explore_journey(served):
         (d / "notes.png").write_text("hello")
         client.predict(NET, handle_file(str(d / "notes.png")), 10, "w", "pixel", None, "const",
                        api_name="/explore_project")
+
+
+def _save_latents(studio, net_name, names):
+    """Saved latents of the uploaded network `net_name` (seeds 10, 11, ...), written as the Explore tab does."""
+    from engine import latents
+    from engine.checkpoint import load_network
+    from engine.generate import seeds_to_ws
+
+    G = load_network(str(studio.uploads_dir / "networks" / net_name), device="cpu")["G_ema"]
+    folder = latents.library_folder(studio.workdir)
+    for i, name in enumerate(names):
+        latents.save_latent(folder, name, seeds_to_ws(G, [10 + i], psi=0.7), G, "seed", seed=10 + i, psi=0.7)
+    return G
+
+
+def test_generate_tab_uses_saved_latents(served):
+    from engine.generate import synthesize
+    from test_ui_api import item_path, predict
+
+    studio, client, d = served
+    G = _save_latents(studio, "tiny16.pt", ["lib a", "lib b"])
+    _save_latents(studio, "tiny8.pt", ["small one"])
+    # The four lists offer the latents of the picked network only; a pick of another network's latent is dropped.
+    lists = client.predict(NET, ["lib a"], [], [], ["small one"], api_name="/saved_latents")
+    for x in lists:
+        names = {c[0] if isinstance(c, (list, tuple)) else c for c in x["choices"]}
+        assert names >= {"lib a", "lib b"} and "small one" not in names
+    assert [x["value"] for x in lists] == [["lib a"], [], [], []]
+
+    # Grid: the seeds, then the saved latents, each exactly the picture its latent makes.
+    from engine import latents
+
+    want = synthesize(G, latents.load_many(latents.library_folder(studio.workdir), ["lib b", "lib a"], G))
+    gallery, files = predict(client, "/generate", NET, "0-1", 0.7, None, "const", ["lib b", "lib a"])
+    assert [g["caption"] if isinstance(g, dict) else g[1] for g in gallery][1:] == ["seed 1", "latent lib b",
+                                                                                   "latent lib a"]
+    assert np.array_equal(_img(item_path(gallery[2])), want[0])
+    assert np.array_equal(_img(item_path(gallery[3])), want[1])
+    only, _ = predict(client, "/generate", NET, "", 0.7, None, "const", ["lib a"])
+    assert len(only) == 1 and np.array_equal(_img(item_path(only[0])), want[1])
+
+    # Video: a looped walk through the saved latents, in the order chosen; the seeds are not used.
+    gif, _, vfile = predict(client, "/video", NET, "0-5", 4, 10, "z", "cubic", True, "GIF", 0.7, None, "const",
+                            ["lib a", "lib b"])
+    path = gif if isinstance(gif, str) else gif["path"]
+    assert "walk-lib-a-lib-b" in path
+    with Image.open(path) as im:
+        assert im.n_frames == 8  # 2 keys x 4 frames, looped
+        assert np.array_equal(np.asarray(im.convert("RGB")), want[1])  # starts on the first chosen latent
+    with pytest.raises(Exception, match="linear or cubic"):
+        predict(client, "/video", NET, "", 4, 10, "z", "slerp", True, "GIF", 0.7, None, "const", ["lib a", "lib b"])
+    with pytest.raises(Exception, match="at least two"):
+        predict(client, "/video", NET, "", 4, 10, "w", "cubic", True, "GIF", 0.7, None, "const", ["lib a"])
+
+    # Style mixing: saved latents as rows (after a seed) and as the only column, labelled by name.
+    mix = predict(client, "/mix", NET, "85", "", "0-1", 0.7, "const", ["lib a"], ["lib b"])
+    grid = _img(mix)
+    assert grid.shape[0] > 3 * 16 and grid.shape[1] > 2 * 16  # 3 rows (header, seed 85, lib a) x 2 columns
+    plain = _img(str(sorted(studio.outputs_dir.glob("*-mix*/style-mix.png"))[-1]))
+    assert plain.shape == (3 * 16, 2 * 16, 3)
+    assert np.array_equal(plain[32:, :16], want[1])  # the row header of 'lib a' is its own picture
+
+    # A latent of another network: one clear line, in each section.
+    for api, args in (("/generate", (NET, "0", 0.7, None, "const", ["small one"])),
+                      ("/video", (NET, "", 4, 10, "w", "cubic", True, "GIF", 0.7, None, "const",
+                                  ["lib a", "small one"])),
+                      ("/mix", (NET, "1", "", "0-1", 0.7, "const", [], ["small one"]))):
+        with pytest.raises(Exception, match="made for another network") as e:
+            predict(client, api, *args)
+        assert "\n" not in str(e.value).strip()

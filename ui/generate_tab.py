@@ -1,4 +1,8 @@
-"""Generate tab: pick a network, make a seed grid, an interpolation GIF/MP4 or a style-mixing grid."""
+"""Generate tab: pick a network, make a seed grid, an interpolation GIF/MP4 or a style-mixing grid.
+
+Saved latents (the Explore tab's library) take part in all three: as grid images beside the seeds, as the
+keyframes of a walk, and as style-mixing rows and columns. Each is checked against the picked network.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from ui.common import Studio, friendly, safe_name
 
 MAX_SEEDS = 256
 MAX_FRAMES = 3000
+MAX_SAVED = 64
 UPLOAD_FOLDER = "networks"
 DEMO_LABEL = "Demo: emoji (built in)"
 
@@ -160,6 +165,32 @@ def _seeds(text: str, what: str = "seeds", limit: int = MAX_SEEDS) -> list[int]:
     return seeds
 
 
+def saved_names(studio: Studio, label) -> list[str]:
+    """Names of the saved latents made for the picked network, newest first; none when it cannot be loaded (the
+    picker's own event says why)."""
+    from engine import latents
+
+    if not label:
+        return []
+    try:
+        G = load(studio, label)["G_ema"]
+    except Exception:
+        return []
+    return [e["name"] for e in latents.list_latents(latents.library_folder(studio.workdir), G) if e["compatible"]]
+
+
+def _saved(studio: Studio, G, names, what: str = "saved latents"):
+    """(names, ws [N, num_ws, w_dim] or None) of the chosen saved latents, each checked against G."""
+    from engine import latents
+
+    names = [n for n in (str(x).strip() for x in (names or [])) if n]
+    if not names:
+        return [], None
+    if len(names) > MAX_SAVED:
+        raise UserError(f"{len(names)} {what} is too many at once; at most {MAX_SAVED}")
+    return names, latents.load_many(latents.library_folder(studio.workdir), names, G)
+
+
 def _class(G, class_idx):
     if not G.c_dim:
         return None
@@ -212,13 +243,15 @@ def build(studio: Studio):
     _images_events(studio, c)
     _video_events(studio, c)
     _mixing_events(studio, c)
+    on_saved, saved_lists = _saved_events(studio, c)
 
     def on_load():
         return do_refresh(None)
 
     return {"network": c.network, "info": c.info_md, "class_idx": c.class_idx, "on_load": on_load,
             "on_tab": do_refresh, "tab_inputs": [c.network, c.offered_first],
-            "load_outputs": refresh_outputs(c), "on_network": on_network, "tools": c.tools}
+            "load_outputs": refresh_outputs(c), "on_network": on_network, "tools": c.tools,
+            "on_saved": on_saved, "saved_inputs": [c.network, *saved_lists], "saved_outputs": saved_lists}
 
 
 def refresh_outputs(c: SimpleNamespace) -> list:
@@ -258,6 +291,10 @@ def _images_layout() -> SimpleNamespace:
         seeds = gr.Textbox(value="0-7", label="Seeds", info="numbers and ranges: 0-7, 42, 100-103",
                            elem_id="generate-seeds", scale=3)
         rand_btn = gr.Button("Random seeds", size="sm", scale=1, elem_id="generate-random")
+        # Names typed through the API are allowed here so that a latent of another network gets its own message.
+        saved = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="Saved latents",
+                            info="shown after the seeds; clear Seeds to show only these", elem_id="generate-saved",
+                            scale=3)
         psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation psi",
                         info="lower: typical, cleaner images; 1: full variety", scale=3)
     with gr.Row():
@@ -270,7 +307,7 @@ def _images_layout() -> SimpleNamespace:
                          object_fit="contain", allow_preview=True)
     files = gr.File(label="Download: all images in one grid PNG, and each image in a zip", file_count="multiple",
                     interactive=False, elem_id="generate-files")
-    return SimpleNamespace(seeds=seeds, rand_btn=rand_btn, psi=psi, class_idx=class_idx, noise=noise,
+    return SimpleNamespace(seeds=seeds, rand_btn=rand_btn, saved=saved, psi=psi, class_idx=class_idx, noise=noise,
                            generate_btn=generate_btn, gallery=gallery, files=files)
 
 
@@ -282,6 +319,10 @@ def _video_layout() -> SimpleNamespace:
         v_frames = gr.Number(value=12, precision=0, minimum=1, maximum=240, label="Frames per seed",
                              elem_id="video-frames")
         v_fps = gr.Number(value=12, precision=0, minimum=1, maximum=60, label="fps")
+    v_saved = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                          label="Or saved latents to pass through, in order",
+                          info="chosen latents replace the seeds; they are walked in w (kind linear or cubic)",
+                          elem_id="video-saved")
     with gr.Row():
         v_space = gr.Radio(["z", "w"], value="z", label="Space")
         v_kind = gr.Radio(["slerp", "linear", "cubic"], value="slerp", label="Kind",
@@ -294,8 +335,8 @@ def _video_layout() -> SimpleNamespace:
                              elem_id="video-gif", height=320)
         video_mp4 = gr.Video(label="Video", interactive=False, visible=False, elem_id="video-mp4")
         video_file = gr.File(label="Download", interactive=False, visible=False, elem_id="video-file")
-    return SimpleNamespace(v_seeds=v_seeds, v_frames=v_frames, v_fps=v_fps, v_space=v_space, v_kind=v_kind,
-                           v_loop=v_loop, v_format=v_format, video_btn=video_btn, video_gif=video_gif,
+    return SimpleNamespace(v_seeds=v_seeds, v_saved=v_saved, v_frames=v_frames, v_fps=v_fps, v_space=v_space,
+                           v_kind=v_kind, v_loop=v_loop, v_format=v_format, video_btn=video_btn, video_gif=video_gif,
                            video_mp4=video_mp4, video_file=video_file)
 
 
@@ -307,11 +348,19 @@ def _mixing_layout() -> SimpleNamespace:
         m_cols = gr.Textbox(value="55,821,1789", label="Column seeds (give the styles)")
         m_styles = gr.Textbox(value="0-3", label="Style layers from the columns",
                               info="low layers: pose and shape; high: colours and details")
+    with gr.Row():
+        m_rows_saved = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                   label="Saved latents as rows", info="after the row seeds; clear those to use "
+                                   "only these", elem_id="mix-rows-saved")
+        m_cols_saved = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                   label="Saved latents as columns", info="after the column seeds",
+                                   elem_id="mix-cols-saved")
     mix_btn = gr.Button("Make style-mixing grid", elem_id="mix-btn")
     # Hidden until there is a grid to show: an empty 480 px box says nothing.
     mix_img = gr.Image(label="Style mixing", type="filepath", interactive=False, elem_id="mix-img", height=480,
                        visible=False)
-    return SimpleNamespace(m_rows=m_rows, m_cols=m_cols, m_styles=m_styles, mix_btn=mix_btn, mix_img=mix_img)
+    return SimpleNamespace(m_rows=m_rows, m_cols=m_cols, m_rows_saved=m_rows_saved, m_cols_saved=m_cols_saved,
+                           m_styles=m_styles, mix_btn=mix_btn, mix_img=mix_img)
 
 
 # ---------------------------------------------------------------------------------------------- the events
@@ -341,7 +390,7 @@ def _picker_events(studio: Studio, c: SimpleNamespace):
         return (gr.update(choices=list(ch), value=pick_network(ch, current, offered)), empty_update(studio, ch),
                 next(iter(ch), None), gr.update(choices=list(ch)), gr.update(choices=list(ch)))
 
-    refresh_btn.click(do_refresh, [network, offered_first], refresh_outputs(c), api_name="networks")
+    c.refresh_event = refresh_btn.click(do_refresh, [network, offered_first], refresh_outputs(c), api_name="networks")
 
     @friendly
     def on_upload(f):
@@ -367,20 +416,23 @@ def _picker_events(studio: Studio, c: SimpleNamespace):
 def _images_events(studio: Studio, c: SimpleNamespace) -> None:
     """Random seeds; Generate images -> the gallery, a grid PNG and a zip."""
     rand_btn, seeds, generate_btn, network, psi = c.rand_btn, c.seeds, c.generate_btn, c.network, c.psi
-    class_idx, noise, gallery, files = c.class_idx, c.noise, c.gallery, c.files
+    class_idx, noise, gallery, files, saved = c.class_idx, c.noise, c.gallery, c.files, c.saved
 
     rand_btn.click(lambda: ",".join(str(random.randrange(0, 100000)) for _ in range(8)), None, seeds,
                    api_name="random_seeds")
 
     @friendly
-    def do_generate(label, seeds_text, psi_v, cls, noise_v, progress=gr.Progress()):
-        from engine.generate import generate_images, make_grid, save_image
+    def do_generate(label, seeds_text, psi_v, cls, noise_v, saved_v=None, progress=gr.Progress()):
+        from engine.generate import generate_images, make_grid, save_image, synthesize
 
         net = load(studio, label)
         G = net["G_ema"]
-        seed_list = _seeds(seeds_text)
-        c = _class(G, cls)
-        progress(0, desc=f"Generating {len(seed_list)} images")
+        names, saved_ws = _saved(studio, G, saved_v)
+        if not str(seeds_text or "").strip() and not names:
+            raise UserError("no seeds given: type numbers such as 0-7, or choose saved latents")
+        seed_list = _seeds(seeds_text, limit=MAX_SEEDS - len(names)) if str(seeds_text or "").strip() else []
+        c = _class(G, cls) if seed_list else None
+        progress(0, desc=f"Generating {len(seed_list) + len(names)} images")
         images = generate_images(G, seed_list, psi=float(psi_v), class_idx=c, noise_mode=noise_v)
         out = studio.new_output_dir("images")
         items = []
@@ -388,6 +440,13 @@ def _images_events(studio: Studio, c: SimpleNamespace) -> None:
             p = out / f"seed{seed:04d}.png"
             save_image(img, p)
             items.append((str(p), f"seed {seed}"))
+        if names:  # a saved latent is its own picture: truncation and class were applied when it was made
+            saved_images = synthesize(G, saved_ws, noise_mode=noise_v)
+            images = list(images) + saved_images
+            for i, (name, img) in enumerate(zip(names, saved_images)):
+                p = out / f"latent{i:02d}-{safe_name(name, 'latent')}.png"
+                save_image(img, p)
+                items.append((str(p), f"latent {name}"))
         cols, rows = _grid_shape(len(images))
         grid_path = out / "grid.png"
         save_image(make_grid(images, cols, rows), grid_path)
@@ -397,7 +456,7 @@ def _images_events(studio: Studio, c: SimpleNamespace) -> None:
                 z.write(p, Path(p).name)
         return items, [str(grid_path), str(zip_path)]
 
-    generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise], [gallery, files],
+    generate_btn.click(do_generate, [network, seeds, psi, class_idx, noise, saved], [gallery, files],
                        api_name="generate", concurrency_id="gpu", concurrency_limit=1)
 
 
@@ -406,33 +465,46 @@ def _video_events(studio: Studio, c: SimpleNamespace) -> None:
     video_btn, network, v_seeds, v_frames, v_fps = c.video_btn, c.network, c.v_seeds, c.v_frames, c.v_fps
     v_space, v_kind, v_loop, v_format, psi = c.v_space, c.v_kind, c.v_loop, c.v_format, c.psi
     class_idx, noise, video_gif, video_mp4, video_file = c.class_idx, c.noise, c.video_gif, c.video_mp4, c.video_file
+    v_saved = c.v_saved
 
     @friendly
-    def do_video(label, seeds_text, frames, fps, space, kind, loop, fmt, psi_v, cls, noise_v,
+    def do_video(label, seeds_text, frames, fps, space, kind, loop, fmt, psi_v, cls, noise_v, saved_v=None,
                  progress=gr.Progress()):
-        from engine.generate import interpolation_frames, write_video
+        from engine.generate import check_interpolation, count_frames, interpolation_frames, write_video
+        from engine.latents import walk_frames
 
         net = load(studio, label)
         G = net["G_ema"]
-        seed_list = _seeds(seeds_text, "seeds to pass through", limit=64)
-        if len(seed_list) < 2:
-            raise UserError("an interpolation needs at least two seeds, e.g. 0-3")
+        names, keys = _saved(studio, G, saved_v, "saved latents to pass through")
+        if names:
+            if len(names) < 2:
+                raise UserError("a walk through saved latents needs at least two of them")
+            if kind not in ("linear", "cubic"):
+                raise UserError(f"saved latents are walked in w: choose kind linear or cubic, not {kind}")
+            seed_list = []
+        else:
+            seed_list = _seeds(seeds_text, "seeds to pass through", limit=64)
+            if len(seed_list) < 2:
+                raise UserError("an interpolation needs at least two seeds, e.g. 0-3")
         frames = int(frames or 0)
         if frames < 1:
             raise UserError("frames per seed must be at least 1")
-        from engine.generate import check_interpolation, count_frames
-
-        total = count_frames(len(seed_list), frames, bool(loop))
+        total = count_frames(len(names or seed_list), frames, bool(loop))
         if total > MAX_FRAMES:
             raise UserError(f"{total} frames is too many at once; at most {MAX_FRAMES} (fewer seeds or frames)")
-        kind = check_interpolation(space, kind)
-        c = _class(G, cls)
-        progress(0, desc=f"Rendering {total} frames")
         out = studio.new_output_dir("video")
         ext = "mp4" if fmt == "MP4" else "gif"
-        path = out / f"interpolation-{safe_name('-'.join(map(str, seed_list[:8])), 'seeds')}.{ext}"
-        frames_iter = interpolation_frames(G, seed_list, frames_per_seed=frames, space=space, kind=kind,
-                                           loop=bool(loop), psi=float(psi_v), class_idx=c, noise_mode=noise_v)
+        if names:
+            progress(0, desc=f"Rendering {total} frames")
+            path = out / f"walk-{safe_name('-'.join(names[:8]), 'latents')}.{ext}"
+            frames_iter = walk_frames(G, keys, frames, kind, bool(loop), noise_mode=noise_v)
+        else:
+            kind = check_interpolation(space, kind)
+            c = _class(G, cls)
+            progress(0, desc=f"Rendering {total} frames")
+            path = out / f"interpolation-{safe_name('-'.join(map(str, seed_list[:8])), 'seeds')}.{ext}"
+            frames_iter = interpolation_frames(G, seed_list, frames_per_seed=frames, space=space, kind=kind,
+                                               loop=bool(loop), psi=float(psi_v), class_idx=c, noise_mode=noise_v)
         write_video(progress.tqdm(frames_iter, total=total, desc="Rendering frames"), path, fps=int(fps or 12))
         if ext == "gif":
             return (gr.update(value=str(path), visible=True), gr.update(value=None, visible=False),
@@ -441,39 +513,73 @@ def _video_events(studio: Studio, c: SimpleNamespace) -> None:
                 gr.update(value=str(path), visible=True))
 
     video_btn.click(do_video, [network, v_seeds, v_frames, v_fps, v_space, v_kind, v_loop, v_format, psi, class_idx,
-                               noise], [video_gif, video_mp4, video_file], api_name="video", concurrency_id="gpu",
-                    concurrency_limit=1)
+                               noise, v_saved], [video_gif, video_mp4, video_file], api_name="video",
+                    concurrency_id="gpu", concurrency_limit=1)
 
 
 def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
     """Make style-mixing grid -> the labelled grid."""
     mix_btn, network, m_rows, m_cols, m_styles = c.mix_btn, c.network, c.m_rows, c.m_cols, c.m_styles
-    psi, noise, mix_img = c.psi, c.noise, c.mix_img
+    psi, noise, mix_img, m_rows_saved, m_cols_saved = c.psi, c.noise, c.mix_img, c.m_rows_saved, c.m_cols_saved
+
+    def side(G, text, saved_v, what, psi_v):
+        """(labels, ws) of one side of the grid: its seeds, then its saved latents (labelled by name)."""
+        import torch
+
+        from engine.generate import seeds_to_ws
+
+        names, saved_ws = _saved(studio, G, saved_v, f"saved latents as {what}s")
+        if not str(text or "").strip() and not names:
+            raise UserError(f"no {what} seeds given: type numbers such as 1,5,9, or choose saved latents as {what}s")
+        seeds = _seeds(text, f"{what} seeds", limit=16) if str(text or "").strip() else []
+        if len(seeds) + len(names) > 16:
+            raise UserError(f"{len(seeds) + len(names)} {what}s is too many for one figure; at most 16")
+        if seeds and G.c_dim:
+            raise UserError("style mixing of seeds is for unconditional networks; this one is conditional: "
+                            "clear the seeds and mix saved latents")
+        parts = [seeds_to_ws(G, seeds, psi=float(psi_v))] if seeds else []
+        parts += [saved_ws] if names else []
+        return seeds + names, torch.cat(parts)
 
     @friendly
-    def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, progress=gr.Progress()):
-        from engine.generate import label_mix_grid, parse_seeds, save_image, style_mix_grid
+    def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, rows_saved=None, cols_saved=None,
+               progress=gr.Progress()):
+        from engine.generate import label_mix_grid, parse_seeds, save_image, style_mix_ws_grid
 
         net = load(studio, label)
         G = net["G_ema"]
-        if G.c_dim:
-            raise UserError("style mixing is for unconditional networks; this one is conditional")
-        rows = _seeds(rows_text, "row seeds", limit=16)
-        cols = _seeds(cols_text, "column seeds", limit=16)
         styles = parse_seeds(str(styles_text or "").strip())
         if not styles or max(styles) >= G.num_ws:
             raise UserError(f"style layers must lie within 0-{G.num_ws - 1} for this network")
+        rows, row_ws = side(G, rows_text, rows_saved, "row", psi_v)
+        cols, col_ws = side(G, cols_text, cols_saved, "column", psi_v)
         progress(0, desc="Mixing styles")
-        grid, _ = style_mix_grid(G, rows, cols, styles, psi=float(psi_v), noise_mode=noise_v)
+        grid, _ = style_mix_ws_grid(G, row_ws, col_ws, styles, noise_mode=noise_v)
         out = studio.new_output_dir("mix")
         save_image(grid, out / "style-mix.png")  # the plain grid, as the command line writes it
         path = out / "style-mix-labelled.png"
         save_image(label_mix_grid(grid, rows, cols), path)
-        return gr.update(value=str(path), visible=True, label=f"Style mixing: each row's seed with layers "
-                                                             f"{_ranges(styles)} taken from each column's seed")
+        what = ("row's seed", "column's seed") if not (rows_saved or cols_saved) else ("row", "column")
+        return gr.update(value=str(path), visible=True, label=f"Style mixing: each {what[0]} with layers "
+                                                             f"{_ranges(styles)} taken from each {what[1]}")
 
-    mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise], mix_img, api_name="mix",
+    mix_btn.click(do_mix, [network, m_rows, m_cols, m_styles, psi, noise, m_rows_saved, m_cols_saved], mix_img,
+                  api_name="mix",
                   concurrency_id="gpu", concurrency_limit=1)
+
+
+def _saved_events(studio: Studio, c: SimpleNamespace):
+    """The saved-latent lists follow the picked network (and Refresh, and opening the tab: a latent saved on the
+    Explore tab shows up). Picks that still belong to the network stay picked. -> (handler, the lists)."""
+    lists = [c.saved, c.v_saved, c.m_rows_saved, c.m_cols_saved]
+
+    def on_saved(label, *picked):
+        names = saved_names(studio, label)
+        return tuple(gr.update(choices=names, value=[n for n in (p or []) if n in names]) for p in picked)
+
+    c.network.change(on_saved, [c.network, *lists], lists, api_name="saved_latents")
+    c.refresh_event.then(on_saved, [c.network, *lists], lists, api_name=False)
+    return on_saved, lists
 
 
 def empty_update(studio: Studio, choices):

@@ -1,0 +1,120 @@
+"""Explore and the latent library in a real browser (Debian's Chromium driven by Playwright), on the demo network:
+upload a picture, project it a few steps, move a direction slider, save two latents, then make a GIF walking
+through them on the Generate tab."""
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_browser import field, no_error, page, server, wait_text  # noqa: F401 (the fixtures are used by name)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the server fixture skips then
+    expect = None
+
+
+def _src(pg, selector):
+    img = pg.locator(selector)
+    return img.get_attribute("src") if img.count() else None
+
+
+def _wait_new_src(pg, selector, old, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        no_error(pg)
+        src = _src(pg, selector)
+        if src and src != old:
+            return src
+        time.sleep(0.3)
+    raise AssertionError(f"{selector} did not change in {timeout_s} s")
+
+
+def _pick_many(pg, elem_id, names):
+    """Choose `names` in this order in a multiselect dropdown."""
+    box = field(pg, elem_id)
+    for name in names:
+        box.click()
+        pg.get_by_role("option", name=name, exact=True).click()
+    pg.keyboard.press("Escape")
+    for name in names:
+        expect(pg.locator(f"#{elem_id}")).to_contain_text(name)
+
+
+def test_project_edit_save_and_walk(page, server):  # noqa: F811 (pytest fixtures)
+    pg = page
+    _, work = server
+    studio = work / "studio"
+    pic = Path(tempfile.mkdtemp(prefix="studio-browser-pic-")) / "photo.png"
+    yy, xx = np.mgrid[0:48, 0:64]
+    Image.fromarray(np.stack([xx * 4, yy * 5, 255 - xx * 3], axis=2).astype(np.uint8)).save(pic)
+
+    pg.get_by_role("tab", name="Explore", exact=True).click()
+    expect(pg.locator("#explore-image img")).to_be_visible(timeout=60_000)
+    expect(pg.locator("#explore-latency")).to_contain_text("ms")
+
+    # Projection: a picture, 10 steps; the page shows the last step and the view takes the projection.
+    pg.get_by_role("button", name=re.compile(r"^Project a picture")).click()
+    pg.locator("#explore-upload input[type=file]").set_input_files(str(pic))
+    expect(pg.locator("#explore-upload")).to_contain_text(re.compile(r"photo\s*\.png"))  # stem and suffix apart
+    steps = field(pg, "explore-steps")
+    steps.fill("10")
+    steps.press("Enter")
+    before = _src(pg, "#explore-image img")
+    pg.locator("#explore-project").click()
+    wait_text(pg, "#explore-project-status", "step 10/10", 180)
+    expect(pg.locator("#explore-source")).to_contain_text("projection of photo.png")
+    projected = _wait_new_src(pg, "#explore-image img", before, 30)
+
+    # Directions: find them, then a slider moves the projected picture.
+    pg.locator("#explore-find").click()
+    expect(pg.locator(".toast-body").filter(has_text="sefa directions")).to_be_visible(timeout=60_000)
+    pg.wait_for_timeout(1500)  # the view is drawn again with the sliders at zero
+    projected = _src(pg, "#explore-image img")
+    slider = field(pg, "explore-dir-0")
+    slider.fill("4")
+    slider.press("Enter")
+    edited = _wait_new_src(pg, "#explore-image img", projected, 30)
+
+    # The library: save the edit, then the other side of the same direction.
+    pg.get_by_role("button", name=re.compile(r"^Saved latents")).click()
+    field(pg, "explore-name").fill("photo plus")
+    pg.locator("#explore-save").click()
+    wait_text(pg, "#explore-save-status", "saved 'photo plus' (edit)", 60)
+    slider.fill("-4")
+    slider.press("Enter")
+    _wait_new_src(pg, "#explore-image img", edited, 30)
+    field(pg, "explore-name").fill("photo minus")
+    pg.locator("#explore-save").click()
+    wait_text(pg, "#explore-save-status", "saved 'photo minus' (edit)", 60)
+    library = studio / "latents"
+    assert {p.name for p in library.glob("*.npz")} == {"photo plus.npz", "photo minus.npz"}
+
+    # Generate: a looped walk through the two saved latents, as a GIF.
+    pg.get_by_role("tab", name="Generate", exact=True).click()
+    _pick_many(pg, "video-saved", ["photo plus", "photo minus"])
+    pg.get_by_role("radio", name="cubic", exact=True).check()
+    pg.locator("#video-btn").click()
+    gif = pg.locator("#video-out img")
+    expect(gif).to_be_visible(timeout=120_000)
+    expect(gif).to_have_attribute("src", re.compile(r"walk-photo-plus-photo-minus\.gif"))
+    no_error(pg)
+    made = sorted((studio / "outputs").rglob("walk-photo-plus-photo-minus.gif"))
+    assert len(made) == 1
+    with Image.open(made[0]) as im:
+        assert im.n_frames == 24  # 2 latents x 12 frames, looped back to the first
+        first = np.asarray(im.convert("RGB"), dtype=np.float32)
+        im.seek(12)
+        middle = np.asarray(im.convert("RGB"), dtype=np.float32)
+    # The walk starts on the first saved latent and passes through the second (GIF colours are approximate).
+    plus = np.asarray(Image.open(library / "photo plus.png").convert("RGB"), dtype=np.float32)
+    minus = np.asarray(Image.open(library / "photo minus.png").convert("RGB"), dtype=np.float32)
+    assert np.abs(first - plus).mean() < np.abs(first - minus).mean()
+    assert np.abs(middle - minus).mean() < np.abs(middle - plus).mean()
