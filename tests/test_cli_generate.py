@@ -82,6 +82,7 @@ def nets(tmp_path_factory):
     return {"rgb": rgb, "gray": gray, "G": G, "Gc": Gc}
 
 
+@pytest.mark.slow
 def test_generate_writes_seed_pngs_and_grid(nets, tmp_path):
     out = tmp_path / "out"
     r = run_cli("generate", "--network", nets["rgb"], "--seeds", "0,3,5-7", "--trunc", "0.7", "--outdir", out,
@@ -110,6 +111,7 @@ def test_generate_writes_seed_pngs_and_grid(nets, tmp_path):
     assert (out / "seed0000.png").read_bytes() != before
 
 
+@pytest.mark.slow
 def test_generate_grayscale_conditional(nets, tmp_path, capsys):
     r = run_cli("generate", "--network", nets["gray"], "--seeds", "1-2", "--class", "2", "--outdir", tmp_path,
                 "--noise-mode", "none")
@@ -125,6 +127,7 @@ def test_generate_grayscale_conditional(nets, tmp_path, capsys):
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
+@pytest.mark.slow
 def test_video_gif_and_mp4(nets, tmp_path):
     gif = tmp_path / "walk.gif"
     r = run_cli("video", "--network", nets["rgb"], "--seeds", "1,2,3", "--output", gif, "--frames-per-seed", "4",
@@ -154,6 +157,7 @@ def test_video_gif_and_mp4(nets, tmp_path):
         assert im.n_frames == 3
 
 
+@pytest.mark.slow
 def test_mix_grid(nets, tmp_path, capsys):
     r = run_cli("mix", "--network", nets["rgb"], "--rows", "85,100", "--cols", "55,821,7", "--styles", "0-2",
                 "--outdir", tmp_path)
@@ -166,6 +170,7 @@ def test_mix_grid(nets, tmp_path, capsys):
                               "--outdir", tmp_path / "m2"), "--styles", "out of range")
 
 
+@pytest.mark.slow
 def test_info():
     r = run_cli("info")
     assert r.returncode == 0, r.stderr
@@ -184,6 +189,7 @@ def test_info():
     assert all(r["state"] == "reference" and "STUDIO_OPS=ref" in r["detail"] for r in checks.values())
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(nets, tmp_path, capsys):
     """Two cases through a real process (exit status, stderr); the rest through the same entry point in-process."""
     missing = tmp_path / "nope.pkl"

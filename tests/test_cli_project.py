@@ -33,6 +33,7 @@ def files(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_project_writes_nvidias_files_and_generate_reads_them(files, tmp_path, capsys):
     out = tmp_path / "out"
     r = run_cli("project", "--network", files["withD"], "--target", files["photo"], "--outdir", out, "--steps", 4)

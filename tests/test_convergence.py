@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.train.expected import expected_quality, load_curves
@@ -38,6 +39,7 @@ def run(args, tmp_path):
     return subprocess.run([sys.executable, str(BENCH)] + args, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_convergence_writes_curve_plot_grids_and_export(tmp_path):
     data = tmp_path / "squares8.zip"
     make_dataset(data)

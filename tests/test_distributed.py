@@ -55,6 +55,7 @@ def final(outdir):
     return load_snapshot(runs.latest_snapshot(found[0]["path"])), Path(found[0]["path"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_total_batch(data, tmp_path):
     """Same total batch, one step, per-rank randomness off on both sides: weights agree to float rounding."""
     flags = ["--kimg", "0.008", "--aug", "noaug", "--style-mixing", "0", "--pl-weight", "0", "--use-noise", "0"]
@@ -94,6 +95,7 @@ def _initial_D(snap):
     return Discriminator(**snap["D"]["kwargs"]).state_dict()
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_is_exact_and_matches_gpus_flag(data, tmp_path):
     # Straight: 2 steps with --gpus 2 (our own launcher). Interrupted: torchrun, 1 step, stop, torchrun resume.
     common = ["--kimg", "0.016", "--p", "0.3"]
@@ -130,6 +132,7 @@ def _process_group_freed_by_teardown():
     return 0 if group() is None else 3
 
 
+@pytest.mark.slow
 def test_teardown_frees_the_process_group():
     # A process group still referenced after teardown is destroyed during interpreter shutdown, with gloo's
     # threads still running: a rank that trained and saved well then dies with SIGABRT now and then.

@@ -327,6 +327,7 @@ def run_broken_compiler(cache):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_broken_compiler_falls_back_with_one_line_per_op(tmp_path):
     for attempt in range(2):  # the second process finds the recorded failure and does not retry
         t0 = time.monotonic()
@@ -369,6 +370,7 @@ LOCK_HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_lock_serialises_processes(tmp_path):
     lock, log = tmp_path / "studio.lock", tmp_path / "log.txt"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -70,6 +70,7 @@ def _hold_lock(run_dir):
     return proc
 
 
+@pytest.mark.slow
 def test_a_run_held_by_a_live_trainer_is_refused_naming_its_pid(data, finished_run, tmp_path, capsys):
     outdir, run = _copy_run(finished_run, tmp_path)
     holder = _hold_lock(run)

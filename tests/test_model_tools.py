@@ -94,6 +94,7 @@ def _onnx_session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_onnx_conditional_runs_in_onnxruntime(tmp_path, capsys):
     pytest.importorskip("onnxscript")
     G = tiny_G(c_dim=3, res=8, channel_base=64)
@@ -113,6 +114,7 @@ def test_onnx_conditional_runs_in_onnxruntime(tmp_path, capsys):
         assert np.abs(got - reference(G, z, c, psi)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_unconditional_has_no_c_input(tmp_path):
     pytest.importorskip("onnxscript")
     G = tiny_G(c_dim=0, res=8, channel_base=64)

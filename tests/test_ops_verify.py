@@ -172,6 +172,7 @@ def run_child(cache, **env):
     return p.stdout.split()[-1], [ln for ln in p.stderr.splitlines() if ln.strip()]
 
 
+@pytest.mark.slow
 def test_verdict_is_reused_by_a_fresh_process_and_redone_when_sources_change(cache, monkeypatch, tmp_path):
     fault = {"STUDIO_OPS_FAULT": "upfirdn2d=perturb"}
     checks, lines = run_child(cache, **fault)
@@ -206,6 +207,7 @@ def test_verdict_is_reused_by_a_fresh_process_and_redone_when_sources_change(cac
     assert verify.read_verdict("bias_act", "cpu", "float32") is None
 
 
+@pytest.mark.slow
 def test_a_check_that_crashes_is_contained(cache, monkeypatch, capsys):
     # The CUDA path: the check runs in a child; a kernel that kills the process kills only the child.
     monkeypatch.setenv("STUDIO_OPS_CHECK_SUBPROCESS", "1")

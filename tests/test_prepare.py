@@ -328,6 +328,7 @@ def test_zip_source_with_json_labels_round_trip(corpus, tmp_path):
     ds1.close()
 
 
+@pytest.mark.slow
 def test_emoji_source_in_parallel_with_max_images_and_shuffle(tmp_path):
     a = prep.prepare("emoji", tmp_path / "a.zip", 16, max_images=40, workers=2, shuffle_seed=3)
     b = prep.prepare("emoji", tmp_path / "b.zip", 16, max_images=40, workers=2, shuffle_seed=3)

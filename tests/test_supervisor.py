@@ -55,6 +55,7 @@ def status(run_dir):
         return {}
 
 
+@pytest.mark.slow
 def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
     work = tmp_path / "studio"
     # The launch happens in another process that then exits: exactly a dashboard that was closed and restarted.
@@ -125,6 +126,7 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
                 os.killpg(p, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_launch_that_fails_before_a_run_folder(tmp_path):
     bad = tmp_path / "not-a-dataset.zip"
     bad.write_text("this is not a zip file")

@@ -154,6 +154,7 @@ def _cli_args(data, outdir, *extra):
             "--cmax", "16", "--map", "1", "--workers", "0", "--seed", "1", "--progress", "0", *extra]
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path):
     proc = _start(_cli_args(data, tmp_path / "runs", "--kimg", "100", "--tick", "0.004", "--snap", "1000"), tmp_path)
     try:
@@ -177,6 +178,7 @@ def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path):
     assert "stop requested" in (run / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_kill9_leaves_a_loadable_snapshot_and_resume_latest_continues(data, tmp_path):
     from engine.checkpoint import load_snapshot
 
@@ -375,6 +377,7 @@ def test_bad_options_are_user_errors(data, tmp_path):
     assert runs.list_runs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_dry_run_and_error_line(data, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "engine", "train", "--data", str(data), "--outdir", str(tmp_path),

@@ -304,6 +304,7 @@ def train_args(ds, kimg=1000, **over):
             False, "none", 0, "Scratch", None, None, 0, False)
 
 
+@pytest.mark.slow
 def test_train_watch_stop_resume_generate(served):
     studio, client = served
     if not (studio.datasets_dir / "emoji-16.zip").exists():
@@ -501,6 +502,7 @@ def test_estimate_from_comparable_runs_is_a_robust_median(tmp_path):
     assert estimate.known(sup, 16, 50, "tiny", 8).sec_per_kimg == 7.0
 
 
+@pytest.mark.slow
 def test_estimate_by_warm_up(served):
     # No earlier run at batch 4: the estimate times a short warm-up of exactly these settings.
     studio, client = served
@@ -519,6 +521,7 @@ def test_command_line_flags():
     assert studio_app.parse_args(["--share", "--share-no-auth"]).share
 
 
+@pytest.mark.slow
 def test_share_without_internet_keeps_serving_locally(scratch):
     import subprocess
     import sys
