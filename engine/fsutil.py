@@ -187,3 +187,21 @@ def write_json_atomic(path, data, indent=2, fsync=True):
 def write_text_atomic(path, text, fsync=True):
     with atomic_open(path, "w", fsync=fsync) as f:
         f.write(text)
+
+
+def download(url, dest, timeout, check=None):
+    """Stream url into dest atomically (a reader never sees half a file); check(tmp_path) may raise to refuse what
+    came. Any network or file error propagates and leaves dest as it was."""
+    import urllib.request
+
+    with atomic_path(dest, suffix=".part") as tmp:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+        if check is not None:
+            check(tmp)
+    return Path(dest)
+

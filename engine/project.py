@@ -17,7 +17,6 @@ import copy
 import math
 import os
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.fsutil import download
 
 VGG_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 VGG_FILE = "vgg16.pt"
@@ -253,19 +253,9 @@ def fetch_vgg16(cache_dir=None, url=VGG_URL, timeout=15.0):
         pass
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (VGG_FILE + f".{os.getpid()}.part")
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            while True:
-                chunk = r.read(1 << 20)
-                if not chunk:
-                    break
-                f.write(chunk)
-        os.replace(tmp, path)
-        return path
+        return download(url, path, timeout)
     except Exception:
         try:
-            if "tmp" in locals() and Path(tmp).exists():
-                Path(tmp).unlink()
             marker.touch()
         except OSError:
             pass

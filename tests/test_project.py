@@ -302,3 +302,16 @@ def test_fractional_seeds_blend_their_neighbours(nets):
     moved = explore.combine(w3, d, [2.0, 0.0], layers=[0], scales=[0.5, 1.0])
     assert torch.allclose(moved[0, 0] - w3[0, 0], d[0]) and torch.equal(moved[0, 1:], w3[0, 1:])
     assert explore.render(G, moved).shape == (16, 16, 3)
+
+
+def test_vgg16_fetch_caches_once_and_remembers_a_failure(tmp_path):
+    served = tmp_path / "served.pt"
+    served.write_bytes(b"weights")
+    cache = tmp_path / "cache"
+    got = proj.fetch_vgg16(cache_dir=cache, url=served.as_uri(), timeout=5)
+    assert got == cache / proj.VGG_FILE and got.read_bytes() == b"weights"
+    assert proj.fetch_vgg16(cache_dir=cache, url="http://127.0.0.1:9/none.pt", timeout=2) == got  # cached: no fetch
+    other = tmp_path / "other"
+    assert proj.fetch_vgg16(cache_dir=other, url="http://127.0.0.1:9/none.pt", timeout=2) is None
+    assert (other / (proj.VGG_FILE + ".failed")).is_file() and not list(other.glob("*.part*"))
+    assert not (other / proj.VGG_FILE).exists()

@@ -26,13 +26,12 @@ remembered for a day (a marker file in the cache) so an offline machine does not
 import importlib.util
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
 from engine.errors import UserError
-from engine.fsutil import atomic_path
+from engine.fsutil import download
 
 NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 NVIDIA_FILE = "inception-2015-12-05.pt"
@@ -164,14 +163,7 @@ def download_nvidia(cache_dir=None, url=NVIDIA_URL, timeout=DEFAULT_TIMEOUT_S):
     dest = folder / NVIDIA_FILE
     marker = folder / (NVIDIA_FILE + ".failed")
     try:
-        with atomic_path(dest, suffix=".part") as tmp:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-                while True:
-                    chunk = response.read(1 << 20)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-            _check_nvidia(_jit_load(tmp, "cpu"))
+        download(url, dest, timeout, check=lambda tmp: _check_nvidia(_jit_load(tmp, "cpu")))
         marker.unlink(missing_ok=True)
         return dest
     except Exception as e:  # any network or file problem means: use the offline detector
