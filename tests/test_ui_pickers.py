@@ -123,3 +123,13 @@ def test_guide_folds_once_a_dataset_and_a_run_exist(studio):
     assert folded and update.get("open") is False
     update, folded = guide.fold_once(studio, True)  # once only: a visitor who opens it again keeps it open
     assert folded and "open" not in update
+
+
+def test_grid_slider_follows_the_newest_unless_pinned():
+    from ui.train_tab import grid_index
+
+    assert grid_index(12, {}, "00000-a") == 11
+    assert grid_index(12, {"run": "00000-a", "grids": 10, "shown": "x"}, "00000-a") == 11  # new grids: follow
+    assert grid_index(12, {"run": "00000-a", "pinned": 3}, "00000-a") == 3  # dragged back: stays there
+    assert grid_index(2, {"run": "00000-a", "pinned": 3}, "00000-a") == 1
+    assert grid_index(12, {"run": "00000-b", "pinned": 3}, "00000-a") == 11  # another run: its newest

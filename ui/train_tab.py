@@ -394,7 +394,7 @@ def _run_reading(sup: Supervisor, c: SimpleNamespace) -> None:
                 out.append(f"{v.name}/{snap.name}")
         return out
 
-    def watch(name, slider_value, memo):
+    def watch(name, _slider, memo):
         """Everything the right-hand side shows; the plot and image only when they changed."""
         v = chosen_view(name)
         memo = dict(memo or {})
@@ -413,9 +413,7 @@ def _run_reading(sup: Supervisor, c: SimpleNamespace) -> None:
         else:
             fig = gr.skip()
         n = len(grids)
-        prev_n = memo.get("grids", 0) if memo.get("run") == v.name else 0
-        follow = slider_value is None or memo.get("run") != v.name or int(slider_value) >= prev_n - 1
-        idx = n - 1 if follow else min(int(slider_value), n - 1)
+        idx = grid_index(n, memo, v.name)
         if n and (memo.get("shown") != str(grids[idx]) or memo.get("run") != v.name):
             img = str(grids[idx])
             memo["shown"] = img
@@ -613,13 +611,17 @@ def _following(c: SimpleNamespace) -> None:
     timer = c.timer
 
     @friendly
-    def on_slider(name, value):
+    def on_slider(name, value, memo):
+        """The grid the visitor dragged to; dragging to the newest follows new grids again."""
         v = chosen_view(name)
         grids = fakes_files(v.run_dir if v else None)
+        memo = dict(memo or {})
         if not grids:
-            return None
+            return None, memo
         i = max(0, min(int(value or 0), len(grids) - 1))
-        return str(grids[i])
+        memo["pinned"] = None if i == len(grids) - 1 else i
+        memo["shown"], memo["run"], memo["grids"] = str(grids[i]), v.name, len(grids)
+        return str(grids[i]), memo
 
     def on_start_from(choice):
         return (gr.update(visible=choice == START_SNAPSHOT, choices=snapshot_choices()),
@@ -629,7 +631,7 @@ def _following(c: SimpleNamespace) -> None:
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False).then(
         fill_form, run_pick, fill_outputs, api_name=False)
     log_box.change(None, None, None, js=SCROLL_LOG_JS, api_name=False)
-    fakes_slider.release(on_slider, [run_pick, fakes_slider], fakes, api_name=False)
+    fakes_slider.release(on_slider, [run_pick, fakes_slider, seen], [fakes, seen], api_name=False)
     start_from.change(on_start_from, start_from, [snapshot, upload, freezed], api_name=False)
     refresh_btn.click(lambda: gr.update(choices=run_choices()), None, run_pick, api_name=False).then(
         watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
@@ -653,6 +655,14 @@ def _refreshers(studio: Studio, c: SimpleNamespace) -> dict:
     return {"refresh": refresh_choices, "refresh_inputs": [dataset], "outputs": [dataset, run_pick, empty_md],
             "watch": c.watch, "watch_inputs": c.watch_inputs, "watch_outputs": c.watch_outputs,
             "fill": c.fill, "fill_inputs": [run_pick], "fill_outputs": c.fill_outputs}
+
+
+def grid_index(n: int, memo: dict, run: str) -> int:
+    """Which of a run's n grids to show: the newest, unless the visitor dragged the slider to an earlier one of
+    this run (on_slider pins it). The slider's own value is not used: timer and button refreshes overlap, and one
+    that started before another's answer reached the page would read a stale position and stop following."""
+    pinned = memo.get("pinned") if memo.get("run") == run else None
+    return n - 1 if pinned is None else min(int(pinned), n - 1)
 
 
 def _grid_label(grids: list[Path], idx: int, stats: list[dict] | None = None) -> str:
