@@ -14,13 +14,13 @@ dirs.npz keys: 'directions' [K, w_dim] float32, 'values' [K] (eigenvalues or com
 """
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.generate import parse_seeds
 
 METHODS = ("sefa", "pca")
 SCALE_SAMPLES = 2000
@@ -31,28 +31,11 @@ def parse_layers(text, num_ws):
     """'0-5', '2,4,6-7' or 'all'/None -> sorted ws indices within 0..num_ws-1. UserError otherwise."""
     if text is None or str(text).strip().lower() in ("", "all"):
         return list(range(num_ws))
-    if isinstance(text, (list, tuple)):
-        layers = [int(v) for v in text]
-    else:
-        layers = []
-        for part in str(text).split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-            if m:
-                lo, hi = int(m[1]), int(m[2])
-                if hi < lo:
-                    raise UserError(f"layer range {part!r} runs backwards: write it as {hi}-{lo}")
-                layers.extend(range(lo, hi + 1))
-            elif re.fullmatch(r"\d+", part):
-                layers.append(int(part))
-            else:
-                raise UserError(f"cannot read layers {text!r}: use a range like 0-5, a list like 0,2,4, or all")
-    for k in layers:
-        if not 0 <= k < num_ws:
-            raise UserError(f"layers {text}: layer {k} is out of range: this network has layers 0-{num_ws - 1}")
-    if not layers:
-        raise UserError(f"no layers in {text!r}")
-    return sorted(set(layers))
+    # The same list-and-range syntax as seeds, bounded by the network's layers; the message names what was given.
+    try:
+        return sorted(set(parse_seeds(text, what="layers", max_count=num_ws * 64, max_value=num_ws - 1)))
+    except UserError as e:
+        raise UserError(f"layers {text}: {e} (this network has layers 0-{num_ws - 1}; or write all)") from None
 
 
 def style_affines(G):
