@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.checkpoint import FORMAT, pack_network, save_snapshot
 from test_cli_generate import assert_user_error, run_cli, run_inproc
-from test_project import make_D, make_G
+from test_project import write_networks
 
 
 @pytest.fixture(autouse=True)
@@ -21,15 +20,11 @@ def _offline(monkeypatch):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli-project")
-    G, Gg, D = make_G(3, 1), make_G(1, 2), make_D(3)
-    paths = {"rgb": d / "rgb.pt", "gray": d / "gray.pt", "withD": d / "withD.pt"}
-    save_snapshot(paths["rgb"], {"format": FORMAT, "version": 1, "G_ema": pack_network(G)})
-    save_snapshot(paths["gray"], {"format": FORMAT, "version": 1, "G_ema": pack_network(Gg)})
-    save_snapshot(paths["withD"], {"format": FORMAT, "version": 1, "G_ema": pack_network(G), "D": pack_network(D)})
+    paths = write_networks(d)
     photo = np.random.RandomState(0).randint(0, 255, [24, 30, 3]).astype(np.uint8)
     Image.fromarray(photo).save(d / "photo.png")
     (d / "notes.png").write_text("hello")
-    paths.update(photo=d / "photo.png", notes=d / "notes.png", G=G)
+    paths.update(photo=d / "photo.png", notes=d / "notes.png")
     return paths
 
 

@@ -42,15 +42,19 @@ def make_D(channels=3, res=16):
     return Discriminator(c_dim=0, img_resolution=res, img_channels=channels, channel_base=128, channel_max=16).eval()
 
 
-@pytest.fixture(scope="module")
-def nets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nets")
+def write_networks(d):
+    """Three network files in folder d: an RGB and a grayscale G_ema, and the RGB one with a D -> paths and nets."""
     G, Gg, D = make_G(3, 1), make_G(1, 2), make_D(3)
     paths = {"rgb": d / "rgb.pt", "gray": d / "gray.pt", "withD": d / "withD.pt"}
     save_snapshot(paths["rgb"], {"format": FORMAT, "version": 1, "G_ema": pack_network(G)})
     save_snapshot(paths["gray"], {"format": FORMAT, "version": 1, "G_ema": pack_network(Gg)})
     save_snapshot(paths["withD"], {"format": FORMAT, "version": 1, "G_ema": pack_network(G), "D": pack_network(D)})
     return dict(paths, G=G, Gg=Gg, D=D)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    return write_networks(tmp_path_factory.mktemp("nets"))
 
 
 def _png_claiming(path, w, h):
