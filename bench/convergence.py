@@ -59,8 +59,8 @@ def trainer_flags(args):
             flags += ["--glr", str(args.lr)]
         if args.dlr is None:
             flags += ["--dlr", str(args.lr)]
-    if args.pl == "off":
-        flags += ["--pl-weight", "0"]
+    if args.pl is not None:
+        flags += ["--pl-weight", "0" if args.pl == "off" else "2"]
     return flags + list(args.extra)
 
 
@@ -312,6 +312,34 @@ def plot(records, path, title=""):
     os.replace(tmp, path)
 
 
+# Preset fields a trainer flag sets, for telling a flag that repeats the preset's value from a changed setting.
+_PRESET_FIELDS = {"--pl-weight": "pl_weight", "--map": "map", "--cbase": "cbase", "--cmax": "cmax", "--batch": "mb",
+                  "--glr": "lrate", "--dlr": "lrate"}
+
+
+def changed_flags(cfg, flags):
+    """The flags of a setting that change preset `cfg` (x-flips are a dataset option, not a change of the preset;
+    a flag that repeats the preset's own value is not a change either)."""
+    from engine.train.presets import PRESETS
+    spec = PRESETS.get(cfg)
+    changed = []
+    for i in range(0, len(flags) - 1, 2):
+        name, value = flags[i], flags[i + 1]
+        if name == "--mirror":
+            continue
+        field = _PRESET_FIELDS.get(name)
+        if spec is not None and field is not None:
+            try:
+                if float(getattr(spec, field)) == float(value):
+                    continue
+            except (TypeError, ValueError):
+                pass
+        changed += [name, value]
+    if len(flags) % 2:
+        changed.append(flags[-1])
+    return changed
+
+
 def export_curves(records, path, label, resolution):
     """Merge the seed-mean curve of every setting that is a preset as it is (no changed flags) into `path`, the
     file engine/train/expected.py reads; a curve of the same preset and resolution is replaced."""
@@ -322,7 +350,7 @@ def export_curves(records, path, label, resolution):
         data = {"curves": []}
     for setting, points in group_points(records).items():
         first = next(iter(points.values()))[0]
-        if first["flags"]:
+        if changed_flags(first["cfg"], first["flags"]):
             continue
         res = int(first.get("resolution") or resolution)
         seeds = sorted({r["seed"] for rs in points.values() for r in rs})
@@ -336,7 +364,8 @@ def export_curves(records, path, label, resolution):
             rows.append({"kimg": round(kimg_m, 3), "kid": round(kid_m, 4), "kid_sd": round(kid_sd, 4),
                          "fid": round(fid_m, 1), "cpu_min": None if cpu_m is None else round(cpu_m / 60, 2),
                          "seeds": len(rs)})
-        entry = {"preset": first["cfg"], "resolution": res, "dataset": label or first["data_name"],
+        mirror = "--mirror" in first["flags"] and first["flags"][first["flags"].index("--mirror") + 1] == "1"
+        entry = {"preset": first["cfg"], "resolution": res, "dataset": label or first["data_name"], "mirror": mirror,
                  "metric": "KID", "num_gen": first["num_gen"], "num_real": first["num_real"], "seeds": len(seeds),
                  "detector": first["detector"], "machine": first["machine"], "date": first["date"],
                  "source": "bench/convergence.py, docs/BENCHMARKS.md", "points": rows}
@@ -399,7 +428,7 @@ def main():
     g.add_argument("--augpipe")
     g.add_argument("--target", type=float, help="ADA target")
     g.add_argument("--mirror", choices=["0", "1"])
-    g.add_argument("--pl", choices=["on", "off"], default="on", help="path-length regularisation (default on)")
+    g.add_argument("--pl", choices=["on", "off"], help="path-length regularisation (weight 2 or 0; default: the preset's)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer flags, e.g. -- --style-mixing 0")
     args = ap.parse_args()
     args.extra = [a for a in args.extra if a != "--"]

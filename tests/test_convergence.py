@@ -102,3 +102,18 @@ def test_points_closer_than_one_kimg_are_refused(tmp_path):
     proc = run(["--data", str(tmp_path / "x.zip"), "--kimg", "1", "--points", "2", "--out", str(tmp_path / "o")],
                tmp_path)
     assert proc.returncode == 2 and "at least 1 kimg" in proc.stderr
+
+
+def test_flags_that_repeat_the_preset_or_only_mirror_the_data_are_no_change():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convergence_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # tiny's own path-length weight is 0, its mapping depth 2 and its batch 8: repeating them, or x-flipping the data, is tiny
+    assert bench.changed_flags("tiny", ["--mirror", "1", "--pl-weight", "0", "--map", "2"]) == []
+    assert bench.changed_flags("tiny", ["--pl-weight", "2"]) == ["--pl-weight", "2"]
+    assert bench.changed_flags("tiny", ["--mirror", "1", "--cbase", "4096", "--batch", "16"]) == \
+        ["--cbase", "4096", "--batch", "16"]
+    assert bench.changed_flags("tiny", ["--batch", "8"]) == []  # tiny's own batch
+    assert bench.changed_flags("nosuchpreset", ["--map", "2"]) == ["--map", "2"]

@@ -45,8 +45,10 @@ PRESETS = {
     "paper1024": Preset(8, 25000, 32, 4, 2, 0.002, 2, 10, None, 8, description="ADA paper, 1024 px"),
     "cifar": Preset(2, 100000, 64, 32, 1, 0.0025, 0.01, 500, 0.05, 2, D_arch="orig", pl_weight=0,
                     style_mixing=0, description="ADA paper, CIFAR-10"),
+    # tiny: no path-length regularisation (as NVIDIA's 32 px cifar preset): on emoji at 32 px it made KID worse at
+    # 4 and 6 kimg (two seeds each) and cost 10-15 % more CPU per kimg (docs/BENCHMARKS.md, Convergence).
     "tiny": Preset(1, 5, 8, 4, -1, 0.0025, -1, -1, 0.05, 2, cbase=2048, cmax=64, z_dim=64, w_dim=64,
-                   tick=0.25, snap=4, description="CPU, 16-32 px, a few minutes"),
+                   tick=0.25, snap=4, pl_weight=0, description="CPU, 16-32 px, a few minutes"),
     "small": Preset(1, 100, 16, 4, -1, 0.0025, -1, -1, 0.05, 2, cbase=8192, cmax=256, z_dim=256, w_dim=256,
                     tick=1, snap=10, description="CPU, 32-64 px, an hour or more"),
 }
