@@ -82,8 +82,9 @@ def quality_text(preset, kimg, resolution, curves=None):
     if e is None:
         return ""
     spread = f" ± {e.kid_sd:.3f}" if e.kid_sd is not None and e.seeds > 1 else ""
-    head = (f"Longer than measured: at {e.kimg:g} kimg, the longest measured," if e.beyond
-            else f"Expected quality: at {e.kimg:g} kimg")
+    at = f"{e.kimg:.0f}" if e.kimg >= 10 else f"{e.kimg:g}"  # a point at the tick's end: 40.008 kimg reads as 40
+    head = (f"Longer than measured: at {at} kimg, the longest measured," if e.beyond
+            else f"Expected quality: at {at} kimg")
     return (f"{head} the {e.preset} preset reached **KID {e.kid:.3f}**{spread} ({e.seeds} training "
             f"seed{'s' if e.seeds != 1 else ''}; {e.dataset} at {e.resolution} px; {e.num_gen} generated vs "
             f"{e.num_real} real images; lower is better, 0 means indistinguishable).")
