@@ -259,7 +259,8 @@ def summary_markdown(records):
             kimg_m, _ = _mean_std([r["kimg"] for r in rs])
             kids = ", ".join("%.4f" % r["kid"] for r in rs)
             fids = ", ".join("%.1f" % r["fid"] for r in rs)
-            lines.append(f"| {kimg_m:.2f} | {kid_m:.4f} | {kid_sd:.4f} | {kids} | {fid_m:.1f} | {fids} | "
+            sd = f"{kid_sd:.4f}" if len(rs) > 1 else "- (1 seed)"
+            lines.append(f"| {kimg_m:.2f} | {kid_m:.4f} | {sd} | {kids} | {fid_m:.1f} | {fids} | "
                          f"{(cpu_m or 0) / 60:.2f} | {wall_m / 60:.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -361,7 +362,8 @@ def export_curves(records, path, label, resolution):
             fid_m, _ = _mean_std([r["fid"] for r in rs])
             cpu_m, _ = _mean_std([r["cpu_s"] for r in rs])
             kimg_m, _ = _mean_std([r["kimg"] for r in rs])
-            rows.append({"kimg": round(kimg_m, 3), "kid": round(kid_m, 4), "kid_sd": round(kid_sd, 4),
+            rows.append({"kimg": round(kimg_m, 3), "kid": round(kid_m, 4),
+                         "kid_sd": round(kid_sd, 4) if len(rs) > 1 else None,
                          "fid": round(fid_m, 1), "cpu_min": None if cpu_m is None else round(cpu_m / 60, 2),
                          "seeds": len(rs)})
         mirror = "--mirror" in first["flags"] and first["flags"][first["flags"].index("--mirror") + 1] == "1"
