@@ -50,7 +50,7 @@ def test_paper_presets_keep_their_numbers_and_flags_override_them():
 
 def test_cpu_presets_are_small():
     tiny = presets.resolve(TrainOptions(cfg="tiny"), facts(32), 1, "cpu")
-    assert tiny.G_kwargs["channel_max"] <= 64 and tiny.batch_size <= 8 and tiny.total_kimg <= 10
+    assert tiny.G_kwargs["channel_max"] <= 64 and tiny.batch_size <= 8 and tiny.total_kimg == 20
     small = presets.resolve(TrainOptions(cfg="small"), facts(64), 1, "cpu")
     assert small.G_kwargs["channel_max"] <= 256
 

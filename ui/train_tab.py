@@ -296,7 +296,7 @@ def _settings_form(studio: Studio) -> SimpleNamespace:
                           label="Dataset", elem_id="train-dataset", allow_custom_value=True)
     with gr.Row():
         preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="train-preset")
-        kimg = gr.Number(value=10, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
+        kimg = gr.Number(value=20, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
                          info="thousands of images shown to D")
     with gr.Accordion("More settings", open=False):
         with gr.Row():
