@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,12 +117,27 @@ def test_exact_resume_gives_identical_weights(data, tmp_path):
     run_b = only_run(tmp_path / "b")
     assert runs.read_status(run_b)["state"] == "stopped"
     halfway = _final_state(run_b)
+    # A copy of the halfway snapshot away from its run folder (as assets/demo-training-snapshot.pt) continues just
+    # as exactly, in a new run folder.
+    import shutil
+
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "training-snapshot.pt"
+    shutil.copy(runs.latest_snapshot(run_b), copy)
+    assert train(tiny_options(data, tmp_path / "c", resume=str(copy), **common)) == 0
+    run_c = only_run(tmp_path / "c")
+    assert run_c.name.endswith("-continued") and "resumed" in (run_c / "log.txt").read_text()
+    assert (run_c / "fakes_init.png").is_file() and sorted(p.name for p in (tmp_path / "copy").iterdir()) == \
+        ["training-snapshot.pt"]
     assert train(tiny_options(data, tmp_path / "b", resume=str(runs.latest_snapshot(run_b)), **common)) == 0
     assert only_run(tmp_path / "b") == run_b  # same run folder
 
     a, b = _final_state(only_run(tmp_path / "a")), _final_state(run_b)
+    c = _final_state(run_c)
     for net in ("G", "D", "G_ema"):
         assert tensors_equal(a[net]["state"], b[net]["state"]) == [], net
+        assert tensors_equal(a[net]["state"], c[net]["state"]) == [], net
+    assert c["progress"]["cur_nimg"] == a["progress"]["cur_nimg"]
     for k in ("cur_nimg", "batch_idx", "pl_mean"):
         assert a["progress"][k] == b["progress"][k], k
     # The optimisers really step: between step 2 and step 4 most tensors of G, D and G_ema change.

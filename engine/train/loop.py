@@ -256,7 +256,7 @@ def prepare_run_folder(cfg: TrainConfig, env, state: TrainingState, grid, num_im
     """Rank 0: training_options.json; for a new run its description, reals.png and fakes_init.png; then which
     kernel each op runs on, checked against the reference before the first step."""
     runs.write_options(cfg.run_dir, cfg.to_dict())
-    if cfg.resume_mode != "continue":
+    if cfg.resume_mode != "continue" or not (Path(cfg.run_dir) / runs.FAKES_INIT).exists():  # a new run folder
         log.line(describe_run(cfg, state.G, state.D, num_images, env))
         with fork_rng(env.device):
             grid.save_reals(Path(cfg.run_dir) / runs.REALS)

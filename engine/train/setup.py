@@ -7,6 +7,8 @@ is one clear error before a network is built or a file is written.
 - `latest`: the newest snapshot of the newest run in --outdir that trained on this dataset (a new run if none);
 - a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
   optimiser moments, ADA p, RNG) up to --kimg in total;
+- a full training snapshot of this program on this dataset outside a run folder (assets/demo-training-snapshot.pt,
+  a copy): the same exact continuation, in a new run folder in --outdir;
 - anything else (NVIDIA .pkl, an export, a snapshot of another run): transfer learning, a new run starting from
   those weights with counters at zero.
 """
@@ -116,9 +118,8 @@ def resolve_resume(options: TrainOptions, facts):
                 path, snap = good, good_snap
     if snap is not None and is_snapshot(snap):
         full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
-        in_run = runs.is_run_folder(path.parent)
-        if full and in_run and _same_dataset(snap.get("dataset") or {}, facts):
-            return "continue", path, snap
+        if full and _same_dataset(snap.get("dataset") or {}, facts):
+            return "continue", path, snap  # in its run folder, or (a copy, e.g. the demo's) in a new one
     return "transfer", path, snap
 
 
@@ -271,6 +272,10 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         cfg.data = facts["path"]
         cfg.dataset = dict(facts)
         cfg.run_dir = str(path.parent)
+        if not runs.is_run_folder(path.parent) and create_dir:
+            # A full training snapshot away from its run folder (assets/demo-training-snapshot.pt, a copy): the
+            # training continues exactly (counters, optimiser moments, ADA p, RNG) in a new run folder.
+            cfg.run_dir = str(runs.next_run_dir(options.outdir, options.desc or presets.describe(cfg) + "-continued"))
         cfg.resume = str(path)
         cfg.resume_mode = "continue"
         cfg.device = device
