@@ -2,7 +2,7 @@
 
 prepare the emoji set at 16 px -> train the tiny preset for a few ticks (chart and grid appear) -> reload the
 page mid-run (the form shows the run's settings) -> stop -> resume (the length stays) -> stop -> generate a grid
-and a GIF from the new snapshot. Screenshots go to docs/screenshots/.
+and a GIF from the new snapshot, then a grid of the built-in demo network. Screenshots go to docs/screenshots/.
 """
 
 import json
@@ -261,6 +261,18 @@ def test_journey(page, server):
     pg.locator("#mix-btn").click()
     expect(pg.locator("#mix-img img")).to_be_visible(timeout=60_000)
     expect(pg.locator("#mix-img")).to_contain_text("layers 0-3 taken from each column's seed")
+
+    # The built-in demo network (32 px emoji) makes the screenshot's grid.
+    choose(pg, "generate-network", "Demo: emoji (built in)")
+    wait_text(pg, "#generate-info", "32 px RGB", 30)
+    field(pg, "generate-seeds").fill("0-15")
+    pg.locator("#generate-btn").click()
+    expect(pg.locator("#generate-gallery img")).to_have_count(16, timeout=60_000)
+    for button, image in (("#video-btn", "#video-out img"), ("#mix-btn", "#mix-img img")):  # the demo's, too
+        before = pg.locator(image).get_attribute("src")
+        pg.locator(button).click()
+        expect(pg.locator(image)).not_to_have_attribute("src", before, timeout=120_000)
+    no_error(pg)
     shot(pg, "generate")
 
     pg.get_by_role("tab", name="System", exact=True).click()
