@@ -255,8 +255,9 @@ def start_from(cfg: TrainConfig, env, state: TrainingState, log):
 def prepare_run_folder(cfg: TrainConfig, env, state: TrainingState, grid, num_images, log):
     """Rank 0: training_options.json; for a new run its description, reals.png and fakes_init.png; then which
     kernel each op runs on, checked against the reference before the first step."""
+    new_folder = cfg.resume_mode != "continue" or not runs.is_run_folder(cfg.run_dir)  # before its options exist
     runs.write_options(cfg.run_dir, cfg.to_dict())
-    if cfg.resume_mode != "continue" or not (Path(cfg.run_dir) / runs.FAKES_INIT).exists():  # a new run folder
+    if new_folder:
         log.line(describe_run(cfg, state.G, state.D, num_images, env))
         with fork_rng(env.device):
             grid.save_reals(Path(cfg.run_dir) / runs.REALS)

@@ -272,10 +272,12 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         cfg.data = facts["path"]
         cfg.dataset = dict(facts)
         cfg.run_dir = str(path.parent)
-        if not runs.is_run_folder(path.parent) and create_dir:
+        if not runs.is_run_folder(path.parent):
             # A full training snapshot away from its run folder (assets/demo-training-snapshot.pt, a copy): the
-            # training continues exactly (counters, optimiser moments, ADA p, RNG) in a new run folder.
-            cfg.run_dir = str(runs.next_run_dir(options.outdir, options.desc or presets.describe(cfg) + "-continued"))
+            # training continues exactly (counters, optimiser moments, ADA p, RNG) in a new run folder, named like
+            # a new run's ("" until it is made, as for a new run).
+            cfg.run_dir = (str(runs.next_run_dir(options.outdir, options.desc or presets.describe(cfg) + "-continued"))
+                           if create_dir else "")
         cfg.resume = str(path)
         cfg.resume_mode = "continue"
         cfg.device = device
