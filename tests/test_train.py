@@ -157,6 +157,32 @@ def test_exact_resume_gives_identical_weights(data, tmp_path):
     assert runs.read_status(run_b)["state"] == "finished"
 
 
+def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keeps(data, tmp_path, capsys):
+    common = dict(kimg=0.016, snap=100)
+    assert train(tiny_options(data, tmp_path, max_steps=2, **common)) == 0
+    run = only_run(tmp_path)
+    snap = str(runs.latest_snapshot(run))
+    before = _final_state(run)
+    assert before["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.0025 * 4 / 5)
+    capsys.readouterr()
+    assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, batch=8, **common)) == 0
+    out = capsys.readouterr().out
+    assert "continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --ema" in out
+    assert "keeps its own --batch (the run has 4)" in out
+    after = _final_state(run)
+    # The moments carry over; the learning rates are the new ones (times the lazy-regularisation ratio).
+    assert after["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 4 / 5)
+    assert after["optimizers"]["D"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 16 / 17)
+    assert after["options"]["G_lr"] == 0.001 and after["options"]["ema_kimg"] == 7
+    assert after["options"]["batch_size"] == 4 and after["progress"]["cur_nimg"] == 16
+    assert json.loads((run / "training_options.json").read_text())["D_lr"] == 0.0005
+    # Continued again without the flags: the run's settings are now the changed ones.
+    assert train(tiny_options(data, tmp_path, resume=str(runs.latest_snapshot(run)), kimg=0.024, snap=100)) == 0
+    assert _final_state(run)["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 4 / 5)
+    with pytest.raises(UserError, match="cannot turn R1 regularisation off"):
+        train(tiny_options(data, tmp_path, resume=snap, gamma=0, **common))
+
+
 def _start(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "engine", "train", *args], cwd=str(ROOT), env=env,

@@ -6,7 +6,8 @@ is one clear error before a network is built or a file is written.
 --resume semantics:
 - `latest`: the newest snapshot of the newest run in --outdir that trained on this dataset (a new run if none);
 - a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
-  optimiser moments, ADA p, RNG) up to --kimg in total;
+  optimiser moments, ADA p, RNG) up to --kimg in total, with its own settings except the optimisation ones it
+  may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life);
 - a full training snapshot of this program on this dataset outside a run folder (assets/demo-training-snapshot.pt,
   a copy): the same exact continuation, in a new run folder in --outdir;
 - anything else (NVIDIA .pkl, an export, a snapshot of another run): transfer learning, a new run starting from
@@ -121,6 +122,51 @@ def resolve_resume(options: TrainOptions, facts):
         if full and _same_dataset(snap.get("dataset") or {}, facts):
             return "continue", path, snap  # in its run folder, or (a copy, e.g. the demo's) in a new one
     return "transfer", path, snap
+
+
+# Optimisation settings a continued run may change (late in training a lower learning rate or a longer G_ema
+# half-life, as in docs/BENCHMARKS.md "Late training"): TrainOptions field -> TrainConfig field.
+RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg"}
+# Settings fixed by the run: given with a different value on a continued run, they are named and kept.
+FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "target", "p", "style_mixing",
+                     "map", "cbase", "cmax", "mbstd_group", "z_dim", "w_dim", "use_noise", "pl_weight")
+
+
+def _retune(cfg: TrainConfig, options: TrainOptions):
+    """Apply the optimisation settings a continued run may change; say what changed and what was kept."""
+    changed = []
+    for name, field_name in RETUNABLE.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        value = float(value)
+        if value < 0 or (value == 0 and name in ("glr", "dlr")):
+            raise UserError(f"{flag(name)} must be {'positive' if name in ('glr', 'dlr') else '>= 0'}, got {value:g}")
+        old = getattr(cfg, field_name)
+        if name == "gamma" and (float(old) > 0) != (value > 0):
+            raise UserError(f"--gamma {value:g}: a continued run cannot turn R1 regularisation "
+                            f"{'off' if old else 'on'} (the run has --gamma {old:g}); give a positive --gamma, or "
+                            f"start a new run from its weights")
+        if old is None or float(old) != value:
+            setattr(cfg, field_name, value)
+            changed.append(f"{flag(name)} {old:g} -> {value:g}" if old is not None else f"{flag(name)} {value:g}")
+    kept = []
+    saved = cfg.to_dict()
+    defaults = TrainOptions()
+    for name in FIXED_ON_CONTINUE:
+        value = getattr(options, name, None)
+        if value is None or value == getattr(defaults, name, None):
+            continue  # not given (or the flag's default): nothing to compare
+        have = saved.get(config_field(name))
+        if have is None and name in ("map", "cbase", "cmax", "z_dim", "w_dim", "mbstd_group", "use_noise"):
+            continue  # architecture: held in the networks' kwargs, checked when the snapshot is loaded
+        if have is not None and have != value and not (isinstance(have, (int, float)) and float(have) == float(value)):
+            kept.append(f"{flag(name)} (the run has {have})")
+    if changed:
+        print("continuing with changed settings: " + ", ".join(changed), flush=True)
+    if kept:
+        print("note: a continued run keeps its own " + ", ".join(kept) + "; start a new run (--resume of a network "
+              "file trains from its weights) to change them", flush=True)
 
 
 def _previous_good_snapshot(bad):
@@ -291,6 +337,7 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
                 setattr(cfg, config_field(name), value)
         if options.snap is not None:
             cfg.image_snap = int(options.snap)
+        _retune(cfg, options)
         if options.metrics:
             cfg.metrics = [m for m in options.metrics if m and m != "none"]
         if cfg.batch_size % world_size != 0:

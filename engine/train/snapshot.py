@@ -60,7 +60,12 @@ def restore_training_state(snap, cfg, env, state: TrainingState, log):
     for phase in state.phases:
         saved = snap["optimizers"].get(phase.name[0])
         if saved is not None and phase.name.endswith(("main", "both")):
+            # The learning rates come from this run's config (a continued run may lower them), the moments from
+            # the snapshot.
+            lrs = [group["lr"] for group in phase.opt.param_groups]
             phase.opt.load_state_dict(saved)
+            for group, lr in zip(phase.opt.param_groups, lrs):
+                group["lr"] = lr
     p = snap["progress"]
     progress = state.progress
     progress.cur_nimg = int(p["cur_nimg"])
