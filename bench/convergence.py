@@ -313,27 +313,36 @@ def plot(records, path, title=""):
     os.replace(tmp, path)
 
 
-# Preset fields a trainer flag sets, for telling a flag that repeats the preset's value from a changed setting.
-_PRESET_FIELDS = {"--pl-weight": "pl_weight", "--map": "map", "--cbase": "cbase", "--cmax": "cmax", "--batch": "mb",
-                  "--glr": "lrate", "--dlr": "lrate"}
+def _resolved(cfg, flags, resolution):
+    """The trainer's resolved config for preset `cfg` with trainer `flags` on a dataset of `resolution` px."""
+    from engine.commands.train import add_arguments, options_from_args
+    from engine.train import presets
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    args = ap.parse_args(["--data", "d", "--outdir", "o", "--cfg", cfg] + list(flags))
+    facts = {"resolution": resolution, "channels": 3, "label_dim": 0, "name": "d", "path": "d", "size": 1000}
+    return presets.resolve(options_from_args(args), facts, 1, "cpu").to_dict()
 
 
-def changed_flags(cfg, flags):
+def changed_flags(cfg, flags, resolution=32):
     """The flags of a setting that change preset `cfg` (x-flips are a dataset option, not a change of the preset;
-    a flag that repeats the preset's own value is not a change either)."""
+    a flag that gives the preset's own value is not a change either: told by resolving the trainer's config with
+    and without it)."""
+    from engine.errors import UserError
     from engine.train.presets import PRESETS
-    spec = PRESETS.get(cfg)
+
+    base = _resolved(cfg, [], resolution) if cfg in PRESETS else None  # None: every flag is a change
     changed = []
     for i in range(0, len(flags) - 1, 2):
         name, value = flags[i], flags[i + 1]
         if name == "--mirror":
             continue
-        field = _PRESET_FIELDS.get(name)
-        if spec is not None and field is not None:
+        if base is not None:
             try:
-                if float(getattr(spec, field)) == float(value):
+                if _resolved(cfg, [name, value], resolution) == base:
                     continue
-            except (TypeError, ValueError):
+            except (UserError, SystemExit):
                 pass
         changed += [name, value]
     if len(flags) % 2:
@@ -351,9 +360,9 @@ def export_curves(records, path, label, resolution):
         data = {"curves": []}
     for setting, points in group_points(records).items():
         first = next(iter(points.values()))[0]
-        if changed_flags(first["cfg"], first["flags"]):
-            continue
         res = int(first.get("resolution") or resolution)
+        if changed_flags(first["cfg"], first["flags"], res):
+            continue
         seeds = sorted({r["seed"] for rs in points.values() for r in rs})
         rows = []
         for idx in sorted(points):

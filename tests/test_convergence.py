@@ -117,3 +117,8 @@ def test_flags_that_repeat_the_preset_or_only_mirror_the_data_are_no_change():
         ["--cbase", "4096", "--batch", "16"]
     assert bench.changed_flags("tiny", ["--batch", "8"]) == []  # tiny's own batch
     assert bench.changed_flags("nosuchpreset", ["--map", "2"]) == ["--map", "2"]
+    # Values the preset derives (R1 gamma 0.0002 * res^2 / batch, G_ema half-life batch * 10 / 32 kimg) count as
+    # the preset's own at the curve's resolution only.
+    assert bench.changed_flags("tiny", ["--gamma", "0.0256", "--ema", "2.5", "--glr", "0.0025"]) == []
+    assert bench.changed_flags("tiny", ["--gamma", "0.0256"], resolution=16) == ["--gamma", "0.0256"]
+    assert bench.changed_flags("tiny", ["--ema", "10", "--target", "0.6"]) == ["--ema", "10"]
