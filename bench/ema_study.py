@@ -12,7 +12,7 @@ extra EMA per --half-lives value (kimg; the same update as the trainer's, with t
 --no-ramp); every --every kimg all of them are written to OUT/nets/<name>-<kimg>.pt (our network format).
 The extra EMAs start from the run's G_ema at the first step (for a continued run: its snapshot's).
 The second form evaluates every network in OUT/nets (KID and FID, the offline detector unless --detector) and
-writes OUT/ema.jsonl, OUT/ema.md (a table: kimg by EMA) and a 16-image grid per network in OUT/grids.
+writes OUT/ema.jsonl, OUT/ema.md (a table: kimg by EMA), OUT/ema.png (KID against kimg) and a 16-image grid per network in OUT/grids.
 """
 
 import argparse
@@ -48,10 +48,10 @@ def train(args, train_argv):
         save_snapshot(nets / f"{name}-{nimg:09d}.pt", data)
 
     def update_ema(G_ema, G, cfg, cur_nimg):
-        original(G_ema, G, cfg, cur_nimg)
         if not extra:
             for h in half_lives:
                 extra[f"ema{h:g}"] = (h, copy.deepcopy(G_ema))
+        original(G_ema, G, cfg, cur_nimg)
         params = [p.detach() for p in G.parameters()]
         for h, module in extra.values():
             ema_nimg = h * 1000
@@ -69,7 +69,10 @@ def train(args, train_argv):
                 save(module, name, after, cfg)
 
     loop.update_ema = update_ema
-    return cli.main(["train"] + train_argv)
+    try:
+        return cli.main(["train"] + train_argv)
+    finally:
+        loop.update_ema = original
 
 
 def evaluate(args):
@@ -120,6 +123,29 @@ def evaluate(args):
         lines.append(f"| {nimg / 1000:.1f} | " + " | ".join(cells) + " |")
     (out / "ema.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot([r for r in done.values() if r["images"] == args.images], names, out / "ema.png", args.title)
+
+
+def plot(records, names, path, title):
+    """KID against kimg, one line per EMA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name in names:
+        rs = sorted((r for r in records if r["name"] == name), key=lambda r: r["nimg"])
+        ax.plot([r["kimg"] for r in rs], [r["kid"] for r in rs], "-o", ms=3, label=name)
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("KID")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -139,6 +165,7 @@ def main():
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--min-kimg", type=float, default=0, help="--eval: only networks from this kimg on")
     ap.add_argument("--detector", default="offline", help="Inception detector kind (default offline)")
+    ap.add_argument("--title", default="", help="--eval: the plot's title")
     args = ap.parse_args(argv)
     if args.eval:
         if not args.ref:
