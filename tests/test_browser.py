@@ -242,7 +242,9 @@ def test_journey(page, server):
 
     # Generate: the new run's newest snapshot is offered first, by run number, dataset and kimg; a grid, a GIF.
     pg.get_by_role("tab", name="Generate", exact=True).click()
-    expect(field(pg, "generate-network")).to_have_value(re.compile(r"^run 00000 · emoji16 · \d[\d.,]* kimg$"))
+    # (the list refreshes when the tab opens, through the same queue as the Train tab's polling: allow it time)
+    expect(field(pg, "generate-network")).to_have_value(re.compile(r"^run 00000 · emoji16 · \d[\d.,]* kimg$"),
+                                                        timeout=30_000)
     wait_text(pg, "#generate-info", "16 px RGB", 30)
     field(pg, "generate-seeds").fill("0-7")
     pg.locator("#generate-btn").click()
