@@ -32,11 +32,12 @@ def make_dataset(path, count=24, res=8):
         z.writestr("dataset.json", json.dumps({"labels": None}))
 
 
-def run(args, tmp_path):
+def run(args, tmp_path, script=BENCH):
+    """A bench script (default bench/convergence.py) in a subprocess with the offline detector and a private cache."""
     # One thread per process: on a busy machine idle-spinning worker threads only add CPU time.
     env = dict(os.environ, STUDIO_CACHE=str(tmp_path / "cache"), STUDIO_DETECTOR="offline", OMP_NUM_THREADS="1")
     # No timeout: on a shared machine the wall time says little (the whole test costs about 10 CPU seconds).
-    return subprocess.run([sys.executable, str(BENCH)] + args, cwd=ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(script)] + args, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 @pytest.mark.slow

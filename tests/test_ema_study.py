@@ -1,14 +1,11 @@
 """bench/ema_study.py: extra G_ema copies of one training run, written and evaluated."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_convergence import make_dataset
+from test_convergence import make_dataset, run as run_bench
 from train_helpers import tensors_equal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +13,7 @@ BENCH = ROOT / "bench" / "ema_study.py"
 
 
 def run(args, tmp_path):
-    env = dict(os.environ, STUDIO_CACHE=str(tmp_path / "cache"), STUDIO_DETECTOR="offline", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(BENCH)] + args, cwd=ROOT, env=env, capture_output=True, text=True)
+    return run_bench(args, tmp_path, script=BENCH)
 
 
 @pytest.mark.slow
