@@ -166,7 +166,7 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     assert before["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.0025 * 4 / 5)
     capsys.readouterr()
     assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, batch=8, **common)) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --ema" in out
     assert "keeps its own --batch (the run has 4)" in out
     after = _final_state(run)

@@ -15,6 +15,7 @@ is one clear error before a network is built or a file is written.
 """
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -133,7 +134,8 @@ FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpip
 
 
 def _retune(cfg: TrainConfig, options: TrainOptions):
-    """Apply the optimisation settings a continued run may change; say what changed and what was kept."""
+    """Apply the optimisation settings a continued run may change; say what changed and what was kept (on stderr:
+    a dry run's stdout stays the config's JSON)."""
     changed = []
     for name, field_name in RETUNABLE.items():
         value = getattr(options, name)
@@ -163,10 +165,10 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
         if have is not None and have != value and not (isinstance(have, (int, float)) and float(have) == float(value)):
             kept.append(f"{flag(name)} (the run has {have})")
     if changed:
-        print("continuing with changed settings: " + ", ".join(changed), flush=True)
+        print("continuing with changed settings: " + ", ".join(changed), file=sys.stderr, flush=True)
     if kept:
         print("note: a continued run keeps its own " + ", ".join(kept) + "; start a new run (--resume of a network "
-              "file trains from its weights) to change them", flush=True)
+              "file trains from its weights) to change them", file=sys.stderr, flush=True)
 
 
 def _previous_good_snapshot(bad):
