@@ -21,6 +21,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,8 +31,6 @@ NET_RE = re.compile(r"^(?P<name>.+)-(?P<nimg>\d{9})\.pt$")
 
 
 def train(args, train_argv):
-    import torch
-
     from engine import __main__ as cli
     from engine.checkpoint import pack_network, save_snapshot, FORMAT, VERSION
     from engine.train import loop
@@ -52,16 +51,9 @@ def train(args, train_argv):
             for h in half_lives:
                 extra[f"ema{h:g}"] = (h, copy.deepcopy(G_ema))
         original(G_ema, G, cfg, cur_nimg)
-        params = [p.detach() for p in G.parameters()]
-        for h, module in extra.values():
-            ema_nimg = h * 1000
-            if cfg.ema_rampup is not None and not args.no_ramp:
-                ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
-            beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(module.parameters()), params, 1 - beta)
-                for b_ema, b in zip(module.buffers(), G.buffers()):
-                    b_ema.copy_(b)
+        for h, module in extra.values():  # the trainer's own update, with this half-life (and ramp-up or none)
+            original(module, G, SimpleNamespace(ema_kimg=h, batch_size=cfg.batch_size,
+                                                ema_rampup=None if args.no_ramp else cfg.ema_rampup), cur_nimg)
         after = cur_nimg + cfg.batch_size  # the count once this step is added (the loop adds it next)
         if after // every > cur_nimg // every:
             save(G_ema, f"run-ema{cfg.ema_kimg:g}", after, cfg)

@@ -128,42 +128,30 @@ def resolve_resume(options: TrainOptions, facts):
 # Optimisation settings a continued run may change (late in training a lower learning rate or a longer G_ema
 # half-life, as in docs/BENCHMARKS.md "Late training"): TrainOptions field -> TrainConfig field.
 RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg"}
-# Settings fixed by the run: given with a different value on a continued run, they are named and kept.
+# Settings of the run's config that a continued run keeps: given with another value, they are named as kept.
 FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "target", "p", "style_mixing",
-                     "map", "cbase", "cmax", "mbstd_group", "z_dim", "w_dim", "use_noise", "pl_weight")
+                     "pl_weight")
 
 
 def _retune(cfg: TrainConfig, options: TrainOptions):
-    """Apply the optimisation settings a continued run may change; say what changed and what was kept (on stderr:
-    a dry run's stdout stays the config's JSON)."""
+    """Apply the optimisation settings a continued run may change (check_numbers has checked their ranges); say
+    what changed and what was kept (on stderr: a dry run's stdout stays the config's JSON)."""
     changed = []
     for name, field_name in RETUNABLE.items():
-        value = getattr(options, name)
-        if value is None:
+        value, old = getattr(options, name), float(getattr(cfg, field_name))
+        if value is None or float(value) == old:
             continue
         value = float(value)
-        if value < 0 or (value == 0 and name in ("glr", "dlr")):
-            raise UserError(f"{flag(name)} must be {'positive' if name in ('glr', 'dlr') else '>= 0'}, got {value:g}")
-        old = getattr(cfg, field_name)
-        if name == "gamma" and (float(old) > 0) != (value > 0):
+        if name == "gamma" and (old > 0) != (value > 0):
             raise UserError(f"--gamma {value:g}: a continued run cannot turn R1 regularisation "
                             f"{'off' if old else 'on'} (the run has --gamma {old:g}); give a positive --gamma, or "
                             f"start a new run from its weights")
-        if old is None or float(old) != value:
-            setattr(cfg, field_name, value)
-            changed.append(f"{flag(name)} {old:g} -> {value:g}" if old is not None else f"{flag(name)} {value:g}")
-    kept = []
-    saved = cfg.to_dict()
+        setattr(cfg, field_name, value)
+        changed.append(f"{flag(name)} {old:g} -> {value:g}")
     defaults = TrainOptions()
-    for name in FIXED_ON_CONTINUE:
-        value = getattr(options, name, None)
-        if value is None or value == getattr(defaults, name, None):
-            continue  # not given (or the flag's default): nothing to compare
-        have = saved.get(config_field(name))
-        if have is None and name in ("map", "cbase", "cmax", "z_dim", "w_dim", "mbstd_group", "use_noise"):
-            continue  # architecture: held in the networks' kwargs, checked when the snapshot is loaded
-        if have is not None and have != value and not (isinstance(have, (int, float)) and float(have) == float(value)):
-            kept.append(f"{flag(name)} (the run has {have})")
+    kept = [f"{flag(name)} (the run has {getattr(cfg, config_field(name))})" for name in FIXED_ON_CONTINUE
+            if getattr(options, name) not in (None, getattr(defaults, name))
+            and getattr(options, name) != getattr(cfg, config_field(name))]
     if changed:
         print("continuing with changed settings: " + ", ".join(changed), file=sys.stderr, flush=True)
     if kept:
@@ -224,7 +212,7 @@ _NUMBER_RULES = {
     "pl_weight": (0, True, None), "batch": (1, True, None), "batch_gpu": (1, True, None), "snap": (1, True, None),
     "map": (1, True, None), "cbase": (1, True, None), "cmax": (1, True, None), "mbstd_group": (1, True, None),
     "subset": (1, True, None), "workers": (0, True, None), "max_steps": (1, True, None), "gpus": (1, True, None),
-    "freezed": (0, True, None),
+    "freezed": (0, True, None), "ema": (0, True, None),
 }
 
 
