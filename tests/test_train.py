@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.errors import UserError
 from engine import runs
-from engine.train import health
+from engine.train import health, setup
 from engine.train.launch import train
 from polling import wait_for
 from train_helpers import make_dataset, tensors_equal, tiny_options
@@ -165,10 +165,20 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     before = _final_state(run)
     assert before["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.0025 * 4 / 5)
     capsys.readouterr()
-    assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, batch=8, **common)) == 0
-    out = capsys.readouterr().err
-    assert "continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --ema" in out
-    assert "keeps its own --batch (the run has 4)" in out
+    assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, batch=8, cbase=512,
+                              mbstd_group=2, **common)) == 0
+    # Said on the console and kept in the run's log.txt, after the line that says where the run resumed.
+    log = (run / "log.txt").read_text()
+    for text in (capsys.readouterr().out, log):
+        assert "continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --ema" in text
+        assert "keeps its own --batch (the run has 4)" in text
+        # The network's shape comes from the snapshot: a different --cbase is named, an equal --cmax is not.
+        assert "--cbase (the run has 256)" in text and "--mbstd-group (the run has 4)" in text
+        assert "--cmax" not in text.split("keeps its own")[1]
+    assert log.index("resumed ") < log.index("continuing with changed settings")
+    # A snapshot in its run folder continues there, whatever --outdir says; the run says so.
+    elsewhere = setup.prepare_run(tiny_options(data, tmp_path / "other", resume=snap), 1, create_dir=False)
+    assert elsewhere.run_dir == str(run) and f"continues in its own folder {run}" in elsewhere.continue_note
     after = _final_state(run)
     # The moments carry over; the learning rates are the new ones (times the lazy-regularisation ratio).
     assert after["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 4 / 5)

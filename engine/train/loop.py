@@ -245,6 +245,8 @@ def start_from(cfg: TrainConfig, env, state: TrainingState, log):
         pipe = state.augment_pipe
         log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
                  f"tick {progress.tick}, augment p {pipe.p if pipe else 0:.3f}")
+        for line in filter(None, (getattr(cfg, "continue_note", "") or "").split("\n")):
+            log.line(line)
     elif cfg.resume_mode == "transfer":
         transfer_weights(cfg.resume, state, log)
     for module in (state.G, state.D, state.G_ema):

@@ -153,6 +153,7 @@ class TrainConfig:
     max_steps: int | None
     dataset: dict = field(default_factory=dict)
     metrics_note: str = ""  # how the metrics were chosen when the user gave none (logged at the start)
+    continue_note: str = ""  # a continued run: the settings it changed and the given flags it keeps (logged)
 
     def to_dict(self):
         return dataclasses.asdict(self)

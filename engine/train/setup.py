@@ -130,12 +130,22 @@ def resolve_resume(options: TrainOptions, facts):
 RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg"}
 # Settings of the run's config that a continued run keeps: given with another value, they are named as kept.
 FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "target", "p", "style_mixing",
-                     "pl_weight")
+                     "pl_weight", "cfg", "freezed", "precision")
+# The network's shape comes from the snapshot: TrainOptions field -> where the run's config holds its value.
+ARCHITECTURE_ON_CONTINUE = {
+    "cbase": lambda cfg: cfg.G_kwargs.get("channel_base"),
+    "cmax": lambda cfg: cfg.G_kwargs.get("channel_max"),
+    "map": lambda cfg: (cfg.G_kwargs.get("mapping_kwargs") or {}).get("num_layers"),
+    "z_dim": lambda cfg: cfg.G_kwargs.get("z_dim"),
+    "w_dim": lambda cfg: cfg.G_kwargs.get("w_dim"),
+    "use_noise": lambda cfg: cfg.G_kwargs.get("use_noise", True),
+    "mbstd_group": lambda cfg: (cfg.D_kwargs.get("epilogue_kwargs") or {}).get("mbstd_group_size"),
+}
 
 
 def _retune(cfg: TrainConfig, options: TrainOptions):
-    """Apply the optimisation settings a continued run may change (check_numbers has checked their ranges); say
-    what changed and what was kept (on stderr: a dry run's stdout stays the config's JSON)."""
+    """Apply the optimisation settings a continued run may change (check_numbers has checked their ranges) and
+    put in cfg.continue_note what changed and which given flags the run keeps (the trainer logs it, log.txt too)."""
     changed = []
     for name, field_name in RETUNABLE.items():
         value, old = getattr(options, name), float(getattr(cfg, field_name))
@@ -149,14 +159,21 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
         setattr(cfg, field_name, value)
         changed.append(f"{flag(name)} {old:g} -> {value:g}")
     defaults = TrainOptions()
-    kept = [f"{flag(name)} (the run has {getattr(cfg, config_field(name))})" for name in FIXED_ON_CONTINUE
-            if getattr(options, name) not in (None, getattr(defaults, name))
-            and getattr(options, name) != getattr(cfg, config_field(name))]
+    run_values = {name: (lambda c, n=name: getattr(c, config_field(n))) for name in FIXED_ON_CONTINUE}
+    run_values.update(ARCHITECTURE_ON_CONTINUE)
+    kept = []
+    for name, run_value in run_values.items():
+        given, has = getattr(options, name), run_value(cfg)
+        if given in (None, getattr(defaults, name)) or given == has:
+            continue
+        kept.append(f"{flag(name)} (the run has {has})")
+    lines = []
     if changed:
-        print("continuing with changed settings: " + ", ".join(changed), file=sys.stderr, flush=True)
+        lines.append("continuing with changed settings: " + ", ".join(changed))
     if kept:
-        print("note: a continued run keeps its own " + ", ".join(kept) + "; start a new run (--resume of a network "
-              "file trains from its weights) to change them", file=sys.stderr, flush=True)
+        lines.append("note: a continued run keeps its own " + ", ".join(kept) + "; start a new run (--resume of a "
+                     "network file trains from its weights) to change them")
+    cfg.continue_note = "\n".join(lines)
 
 
 def _previous_good_snapshot(bad):
@@ -327,7 +344,14 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
                 setattr(cfg, config_field(name), value)
         if options.snap is not None:
             cfg.image_snap = int(options.snap)
+        if device != "cuda":
+            cfg.precision = "fp32"
         _retune(cfg, options)
+        if runs.is_run_folder(path.parent) and Path(options.outdir).resolve() != path.parent.parent.resolve():
+            where = f"note: the run continues in its own folder {path.parent}, not in --outdir {options.outdir}"
+            cfg.continue_note = "\n".join(filter(None, (cfg.continue_note, where)))
+        if cfg.continue_note and not create_dir:  # a dry run: said here (stderr keeps stdout the config's JSON)
+            print(cfg.continue_note, file=sys.stderr, flush=True)
         if options.metrics:
             cfg.metrics = [m for m in options.metrics if m and m != "none"]
         if cfg.batch_size % world_size != 0:
@@ -336,8 +360,6 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         if cfg.batch_size % (cfg.batch_gpu * world_size) != 0:
             raise UserError(f"the run's batch {cfg.batch_size} must be a multiple of --batch-gpu {cfg.batch_gpu} "
                             f"x {world_size} processes")
-        if device != "cuda":
-            cfg.precision = "fp32"
         return cfg
 
     cfg = presets.resolve(options, facts, world_size, device)
