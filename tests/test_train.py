@@ -1,5 +1,6 @@
 """The trainer end to end on tiny networks: run folder, exact resume, stop signals, kill -9, NaN, transfer."""
 
+import dataclasses
 import json
 import os
 import re
@@ -165,8 +166,8 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     before = _final_state(run)
     assert before["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.0025 * 4 / 5)
     capsys.readouterr()
-    assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, batch=8, cbase=512,
-                              mbstd_group=2, **common)) == 0
+    assert train(tiny_options(data, tmp_path, resume=snap, glr=0.001, dlr=0.0005, ema=7, target=0.7, batch=8,
+                              cbase=512, mbstd_group=2, **common)) == 0
     # Said on the console and kept in the run's log.txt, after the line that says where the run resumed.
     log = (run / "log.txt").read_text()
     for text in (capsys.readouterr().out, log):
@@ -184,6 +185,8 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     assert after["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 4 / 5)
     assert after["optimizers"]["D"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 16 / 17)
     assert after["options"]["G_lr"] == 0.001 and after["options"]["ema_kimg"] == 7
+    assert after["options"]["ada_target"] == 0.7
+    assert "--ema 1.25 -> 7, --target 0.6 -> 0.7" in log
     assert after["options"]["batch_size"] == 4 and after["progress"]["cur_nimg"] == 16
     assert json.loads((run / "training_options.json").read_text())["D_lr"] == 0.0005
     # Continued again without the flags: the run's settings are now the changed ones.
@@ -191,6 +194,11 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     assert _final_state(run)["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 4 / 5)
     with pytest.raises(UserError, match="cannot turn R1 regularisation off"):
         train(tiny_options(data, tmp_path, resume=snap, gamma=0, **common))
+    fixed = tiny_options(data, tmp_path / "fixed", aug="fixed", p=0.2, max_steps=1, **common)
+    assert train(fixed) == 0
+    with pytest.raises(UserError, match="--target 0.7: the run's augmentation is --aug fixed"):
+        setup.prepare_run(dataclasses.replace(fixed, resume=str(runs.latest_snapshot(only_run(tmp_path / "fixed"))),
+                                              target=0.7), 1, create_dir=False)
 
 
 def _start(args, tmp_path):
