@@ -385,6 +385,43 @@ def export_curves(records, path, label, resolution):
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def extend_curve(path, preset, resolution, ema_jsonl, name):
+    """Append to the curve of `preset` at `resolution` in `path` (the Train tab's file) the points of one longer
+    trajectory of that same run: the lines of `name` in an ema.jsonl of bench/ema_study.py --eval (the run's own
+    G_ema, continued from the curve's last snapshot) that lie past the curve's last point and were measured like
+    it (same image counts and detector). -> the number of points added."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"--export {path}: cannot read it ({e}); make the curve first with --plot-only --export")
+    curve = next((c for c in data.get("curves", []) if c.get("preset") == preset and c.get("resolution") == resolution),
+                 None)
+    if curve is None:
+        sys.exit(f"--export {path} has no curve of --cfg {preset} at {resolution} px to extend")
+    if int(curve.get("seeds", 1)) != 1:
+        sys.exit(f"the {preset} curve in {path} is a mean over {curve['seeds']} training seeds; a continuation "
+                 f"is one trajectory: extend a one-seed curve")
+    last = max(p["kimg"] for p in curve["points"])
+    try:
+        lines = [json.loads(line) for line in Path(ema_jsonl).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        sys.exit(f"--extend-from {ema_jsonl}: cannot read it ({e})")
+    same = [r for r in lines if r.get("name") == name and r.get("images") == curve["num_gen"]
+            and r.get("real") == curve["num_real"] and r.get("detector") == curve.get("detector")]
+    if not same:
+        sys.exit(f"--extend-from {ema_jsonl}: no points of {name!r} with {curve['num_gen']} generated vs "
+                 f"{curve['num_real']} real images and detector {curve.get('detector')}")
+    added = [{"kimg": round(r["kimg"], 3), "kid": round(r["kid"], 4), "kid_sd": None, "fid": round(r["fid"], 1),
+              "cpu_min": None, "seeds": 1} for r in sorted(same, key=lambda r: r["kimg"]) if r["kimg"] > last + 0.5]
+    curve["points"] = curve["points"] + added
+    if added and "continued" not in curve.get("source", ""):
+        curve["source"] = (curve.get("source", "") + "; past " + f"{last:g} kimg the same run continued "
+                           "(bench/ema_study.py --eval, the run's own G_ema)")
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return len(added)
+
+
 def redraw(out):
     records = read_jsonl(out / CURVE)
     if not records:
@@ -409,7 +446,7 @@ def main():
     ap.add_argument("--points", type=int, default=5, help="evaluated points after the start (default 5)")
     ap.add_argument("--images", type=int, default=200, help="generated images per evaluation (default 200)")
     ap.add_argument("--seeds", default="2", help="training seeds: a count N (0..N-1) or a list '3,5' (default 2)")
-    ap.add_argument("--out", required=True, help="study folder (curve.jsonl, curves.png, summary.md, grids, runs)")
+    ap.add_argument("--out", help="study folder (curve.jsonl, curves.png, summary.md, grids, runs)")
     ap.add_argument("--name", help="setting name in the curve file (default: cfg and the changed flags)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--grid", type=int, default=16, help="images in each point's grid, seeds 0..N-1 (default 16)")
@@ -424,6 +461,10 @@ def main():
                     help="also merge the curves of unchanged presets into this file (the Train tab's "
                          "engine/train/measured_curves.json)")
     ap.add_argument("--export-label", default="", help="dataset description for --export, e.g. 'emoji (4,009 images)'")
+    ap.add_argument("--extend-from", metavar="EMA_JSONL",
+                    help="with --export, --cfg and --ref: append to that preset's curve the later points of one "
+                         "continued trajectory of the same run (bench/ema_study.py's ema.jsonl), then stop")
+    ap.add_argument("--extend-name", default="run", help="the network name of those points in EMA_JSONL")
     g = ap.add_argument_group("setting (trainer flags; unset = the preset's value)")
     g.add_argument("--batch", type=int)
     g.add_argument("--gamma", type=float, help="R1 weight")
@@ -443,6 +484,15 @@ def main():
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer flags, e.g. -- --style-mixing 0")
     args = ap.parse_args()
     args.extra = [a for a in args.extra if a != "--"]
+    if args.extend_from:
+        if not (args.export and (args.ref or args.data)):
+            ap.error("--extend-from needs --export (the curve file) and --ref (its resolution)")
+        n = extend_curve(args.export, args.cfg, _resolution(args.ref or args.data), args.extend_from,
+                         args.extend_name)
+        print(f"added {n} point(s) of {args.extend_name} to the {args.cfg} curve in {args.export}")
+        return
+    if not args.out:
+        ap.error("--out is required: the study folder")
     out = Path(args.out)
     if args.plot_only:
         records = redraw(out)

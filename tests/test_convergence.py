@@ -123,3 +123,36 @@ def test_flags_that_repeat_the_preset_or_only_mirror_the_data_are_no_change():
     assert bench.changed_flags("tiny", ["--gamma", "0.0256", "--ema", "2.5", "--glr", "0.0025"]) == []
     assert bench.changed_flags("tiny", ["--gamma", "0.0256"], resolution=16) == ["--gamma", "0.0256"]
     assert bench.changed_flags("tiny", ["--ema", "10", "--target", "0.6"]) == ["--ema", "10"]
+
+
+def test_a_one_seed_curve_is_extended_by_its_runs_continuation(tmp_path):
+    ref = tmp_path / "ref.zip"
+    make_dataset(ref)
+    point = {"kid_sd": None, "fid": 100.0, "cpu_min": 1.0, "seeds": 1}
+    curve = {"preset": "tiny", "resolution": 8, "dataset": "squares", "metric": "KID", "num_gen": 200,
+             "num_real": 500, "seeds": 1, "detector": "det", "source": "bench/convergence.py",
+             "points": [dict(point, kimg=20.0, kid=0.1), dict(point, kimg=40.0, kid=0.08)]}
+    export = tmp_path / "curves.json"
+    export.write_text(json.dumps({"curves": [curve]}))
+    ema = tmp_path / "ema.jsonl"
+    rows = [("run", 40.0, 200, 0.081), ("run", 60.0, 200, 0.07), ("run", 80.0, 200, 0.06), ("run", 100.0, 1000, 0.05),
+            ("ema10", 100.0, 200, 0.04)]
+    ema.write_text("".join(json.dumps({"name": n, "kimg": k, "nimg": int(k * 1000), "images": i, "real": 500,
+                                       "kid": kid, "fid": 90.0, "detector": "det"}) + "\n" for n, k, i, kid in rows))
+    args = ["--export", str(export), "--ref", str(ref), "--cfg", "tiny", "--extend-from", str(ema)]
+    proc = run(args + ["--extend-name", "run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "added 2 point(s)" in proc.stdout
+    curves = load_curves(export)
+    # Only the run's own G_ema, past the curve's end, measured with the curve's image counts and detector.
+    assert [p["kimg"] for p in curves[0]["points"]] == [20.0, 40.0, 60.0, 80.0]
+    assert "continued" in curves[0]["source"]
+    e = expected_quality("tiny", 70, 8, curves)
+    assert e.kimg == 60.0 and e.kid == 0.07 and not e.beyond
+    assert expected_quality("tiny", 90, 8, curves).beyond
+    # A curve that is a mean over several seeds is not extended by one trajectory; a missing curve is one line.
+    export.write_text(json.dumps({"curves": [dict(curve, seeds=2)]}))
+    proc = run(args, tmp_path)
+    assert proc.returncode == 1 and "one trajectory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run(["--export", str(export), "--ref", str(ref), "--cfg", "small", "--extend-from", str(ema)], tmp_path)
+    assert proc.returncode == 1 and "no curve of --cfg small at 8 px" in proc.stderr
