@@ -7,7 +7,7 @@ is one clear error before a network is built or a file is written.
 - `latest`: the newest snapshot of the newest run in --outdir that trained on this dataset (a new run if none);
 - a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
   optimiser moments, ADA p, RNG) up to --kimg in total, with its own settings except the optimisation ones it
-  may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life, ADA target);
+  may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life, ADA target, style mixing);
 - a full training snapshot of this program on this dataset outside a run folder (assets/demo-training-snapshot.pt,
   a copy): the same exact continuation, in a new run folder in --outdir;
 - anything else (NVIDIA .pkl, an export, a snapshot of another run): transfer learning, a new run starting from
@@ -126,12 +126,13 @@ def resolve_resume(options: TrainOptions, facts):
 
 
 # Optimisation settings a continued run may change (late in training a lower learning rate, a longer G_ema
-# half-life or another ADA target, as in docs/BENCHMARKS.md "Late training"): TrainOptions field -> TrainConfig
-# field. ADA's p carries over and moves towards the new target at ADA's speed.
-RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg", "target": "ada_target"}
+# half-life, another ADA target or style-mixing probability, as in docs/BENCHMARKS.md "Late training"):
+# TrainOptions field -> TrainConfig field. ADA's p carries over and moves towards a new target at ADA's speed.
+RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg", "target": "ada_target",
+             "style_mixing": "style_mixing"}
 # Settings of the run's config that a continued run keeps: given with another value, they are named as kept.
-FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "p", "style_mixing",
-                     "pl_weight", "cfg", "freezed", "precision")
+FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "p", "pl_weight", "cfg",
+                     "freezed", "precision")
 # The network's shape comes from the snapshot: TrainOptions field -> where the run's config holds its value.
 ARCHITECTURE_ON_CONTINUE = {
     "cbase": lambda cfg: cfg.G_kwargs.get("channel_base"),
