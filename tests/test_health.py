@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import time
 from collections import namedtuple
 
 import numpy as np

@@ -1,7 +1,6 @@
 """export (safetensors / TorchScript / ONNX) and blend / average, on tiny networks."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
