@@ -403,11 +403,9 @@ def extend_curve(path, preset, resolution, ema_jsonl, name):
         sys.exit(f"the {preset} curve in {path} is a mean over {curve['seeds']} training seeds; a continuation "
                  f"is one trajectory: extend a one-seed curve")
     last = max(p["kimg"] for p in curve["points"])
-    try:
-        lines = [json.loads(line) for line in Path(ema_jsonl).read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as e:
-        sys.exit(f"--extend-from {ema_jsonl}: cannot read it ({e})")
-    same = [r for r in lines if r.get("name") == name and r.get("images") == curve["num_gen"]
+    if not Path(ema_jsonl).is_file():
+        sys.exit(f"--extend-from {ema_jsonl}: no such file (bench/ema_study.py --eval writes OUT/ema.jsonl)")
+    same = [r for r in read_jsonl(ema_jsonl) if r.get("name") == name and r.get("images") == curve["num_gen"]
             and r.get("real") == curve["num_real"] and r.get("detector") == curve.get("detector")]
     if not same:
         sys.exit(f"--extend-from {ema_jsonl}: no points of {name!r} with {curve['num_gen']} generated vs "

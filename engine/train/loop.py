@@ -245,7 +245,7 @@ def start_from(cfg: TrainConfig, env, state: TrainingState, log):
         pipe = state.augment_pipe
         log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
                  f"tick {progress.tick}, augment p {pipe.p if pipe else 0:.3f}")
-        for line in filter(None, (getattr(cfg, "continue_note", "") or "").split("\n")):
+        for line in cfg.continue_note.splitlines():  # what a continued run changed and which given flags it keeps
             log.line(line)
     elif cfg.resume_mode == "transfer":
         transfer_weights(cfg.resume, state, log)

@@ -164,14 +164,13 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
         setattr(cfg, field_name, value)
         changed.append(f"{flag(name)} {old:g} -> {value:g}")
     defaults = TrainOptions()
-    run_values = {name: (lambda c, n=name: getattr(c, config_field(n))) for name in FIXED_ON_CONTINUE}
-    run_values.update(ARCHITECTURE_ON_CONTINUE)
     kept = []
-    for name, run_value in run_values.items():
-        given, has = getattr(options, name), run_value(cfg)
-        if given in (None, getattr(defaults, name)) or given == has:
-            continue
-        kept.append(f"{flag(name)} (the run has {has})")
+    for name in FIXED_ON_CONTINUE + tuple(ARCHITECTURE_ON_CONTINUE):
+        given = getattr(options, name)
+        shape = ARCHITECTURE_ON_CONTINUE.get(name)
+        has = shape(cfg) if shape else getattr(cfg, config_field(name))
+        if given not in (None, getattr(defaults, name), has):
+            kept.append(f"{flag(name)} (the run has {has})")
     lines = []
     if changed:
         lines.append("continuing with changed settings: " + ", ".join(changed))
