@@ -146,6 +146,50 @@ def test_a_new_run_clears_temporaries_of_dead_runs_but_not_of_live_ones(data, fi
         holder.wait()
 
 
+def test_a_trainer_that_waited_for_the_lock_continues_from_the_snapshots_written_meanwhile(
+        data, finished_run, tmp_path, monkeypatch, capsys):
+    """Two `--resume latest` of one run: B looks for the run while A holds it, A trains on and finishes, then B
+    gets the lock. B must continue from A's newest snapshot (chosen under the lock), not from the one that was
+    newest when B started, which would overwrite A's later stats, grids and snapshots."""
+    outdir, run = _copy_run(finished_run, tmp_path)
+    first_snapshot = runs.latest_snapshot(run).name
+    real_acquire = runlock.acquire
+    calls = []
+
+    def acquire_after_a(run_dir):
+        calls.append(Path(run_dir))
+        if len(calls) == 1:  # B asks for the lock; A has it, trains on and ends first
+            assert train(tiny_options(data, outdir, kimg=0.016, tick=0.004, resume="latest")) == 0
+        return real_acquire(run_dir)
+
+    monkeypatch.setattr(runlock, "acquire", acquire_after_a)
+    capsys.readouterr()
+    assert train(tiny_options(data, outdir, kimg=0.024, tick=0.004, resume="latest")) == 0
+    out = capsys.readouterr().out
+    resumed = [ln for ln in out.splitlines() if ln.startswith("resumed ")]
+    assert len(resumed) == 2, out
+    assert f"from {first_snapshot} at kimg 0.008" in resumed[0]
+    assert "at kimg 0.016" in resumed[1] and first_snapshot not in resumed[1], resumed[1]
+    kimgs = [s["Progress/kimg"]["mean"] for s in runs.read_stats(run)]
+    assert kimgs == sorted(kimgs) and len(set(kimgs)) == len(kimgs), kimgs  # every tick once, in order
+    assert kimgs[-1] == pytest.approx(0.024)
+    assert runs.read_status(run)["state"] == "finished" and len(runs.list_runs(outdir)) == 1
+
+
+def test_resume_takes_a_run_folder_for_its_newest_snapshot(data, finished_run, tmp_path, capsys):
+    outdir, run = _copy_run(finished_run, tmp_path)
+    newest = runs.latest_snapshot(run).name
+    assert train(tiny_options(data, outdir, kimg=0.012, tick=0.004, resume=str(run))) == 0
+    assert f"resumed {run} from {newest} at kimg 0.008" in capsys.readouterr().out
+    assert len(runs.list_runs(outdir)) == 1 and runs.read_status(run)["kimg"] == pytest.approx(0.012)
+    plain = tmp_path / "not-a-run"
+    plain.mkdir()
+    err = _one_line_error(capsys, ["train", "--data", str(data), "--outdir", str(outdir), "--cfg", "tiny",
+                                   "--workers", "0", "--resume", str(plain)])
+    assert "is a folder but not a run folder" in err and "not-a-run" in err
+    assert not any(plain.iterdir())
+
+
 def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock, "fcntl", None)
     run = tmp_path / "00000-x"

@@ -99,7 +99,8 @@ def test_launch_reattach_stop_resume_crash(tmp_path, dataset):
 
         # Resume continues from the snapshot: a new launch whose run goes on from where the first stopped.
         rec = sup.resume(run.run_dir)
-        assert any(a.startswith("--resume=") and a.endswith(snap.name) for a in rec["args"])
+        # The run folder: the trainer takes its newest snapshot once it holds the run's lock.
+        assert f"--resume={run.run_dir}" in rec["args"]
         assert "--kimg=1000" in rec["args"] and "length_from" not in rec  # the length it was launched with
         run2 = sup.wait_for_run_dir(rec, timeout=240)
         assert run2 is not None
@@ -154,3 +155,82 @@ def test_tail_keeps_last_lines_and_drops_carriage_returns(tmp_path):
     t = tail(f, 3).splitlines()
     assert t == ["line 98", "line 99", "progress 90%"]
     assert tail(tmp_path / "missing.txt") == ""
+
+
+def _fake_trainer(tmp_path):
+    """A stand-in for the Python that launches trainings: it lives (named `... -m engine train ...`) and trains
+    nothing, so what the supervisor launches can be counted."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nsleep 60\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def _at_once(calls):
+    """Run the callables in threads started together -> [(result or None, UserError or None)]."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    out = [None] * len(calls)
+
+    def one(i, fn):
+        barrier.wait()
+        try:
+            out[i] = (fn(), None)
+        except UserError as e:
+            out[i] = (None, e)
+
+    threads = [threading.Thread(target=one, args=(i, fn)) for i, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def _kill_launched(results):
+    for rec, _ in results:
+        if rec and rec.get("pid"):
+            try:
+                os.killpg(rec["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_start_clicked_twice_at_once_launches_one_training(tmp_path, dataset):
+    python = _fake_trainer(tmp_path)
+    work = tmp_path / "studio"
+    one = Supervisor(work, python=python, slots=1)
+    other = Supervisor(work, python=python, slots=1)  # a second dashboard (or tab) on the same workdir
+    results = _at_once([lambda: one.start(dataset, "tiny", 1, TINY), lambda: one.start(dataset, "tiny", 1, TINY),
+                        lambda: other.start(dataset, "tiny", 1, TINY)])
+    try:
+        launched = [rec for rec, _ in results if rec]
+        refused = [err for _, err in results if err]
+        assert len(launched) == 1 and len(refused) == 2, results
+        assert all("already running" in str(e) for e in refused)
+    finally:
+        _kill_launched(results)
+
+
+def test_resume_clicked_twice_at_once_launches_one_training(tmp_path, dataset):
+    python = _fake_trainer(tmp_path)
+    work = tmp_path / "studio"
+    run = work / "runs" / "00000-emoji16-tiny"
+    run.mkdir(parents=True)
+    (run / "training_options.json").write_text(json.dumps({"data": str(dataset), "cfg": "tiny", "total_kimg": 10,
+                                                           "batch_size": 8}))
+    (run / "status.json").write_text(json.dumps({"state": "stopped", "pid": 1, "kimg": 2.0, "total_kimg": 10,
+                                                 "tick": 3, "started": 1700000000, "updated": 1700000100}))
+    (run / "network-snapshot-000002.pt").write_bytes(b"")
+    sups = [Supervisor(work, python=python, slots=4) for _ in range(2)]
+    # "Run alongside" ticked: a free GPU does not make a second trainer of one run acceptable.
+    results = _at_once([lambda s=s: s.resume(run, force=True) for s in sups for _ in range(2)])
+    try:
+        launched = [rec for rec, _ in results if rec]
+        refused = [err for _, err in results if err]
+        assert len(launched) == 1 and len(refused) == 3, results
+        assert all("being resumed already" in str(e) for e in refused), refused
+        assert f"--resume={run}" in launched[0]["args"]
+    finally:
+        _kill_launched(results)

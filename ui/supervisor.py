@@ -16,7 +16,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +132,26 @@ class Supervisor:
         self.python = python
         self._slots = slots
         self._procs: dict[int, subprocess.Popen] = {}
+        self._guard = threading.RLock()
+        self._guard_depth = 0
+        self._guard_fd = None
+
+    @contextmanager
+    def _one_launch_at_a_time(self):
+        """Start and Resume look at what runs and then launch; two of them at once (a double click, two tabs, two
+        dashboards on one workdir) must not both see a free GPU or a stopped run. A thread lock inside this
+        process, and a lock file in .supervisor/ between processes."""
+        with self._guard:
+            self._guard_depth += 1
+            try:
+                if self._guard_depth == 1:
+                    self._guard_fd = _lock_file(self.records_dir / ".launch.lock")
+                yield
+            finally:
+                self._guard_depth -= 1
+                if self._guard_depth == 0 and self._guard_fd is not None:
+                    _unlock_file(self._guard_fd)
+                    self._guard_fd = None
 
     # ------------------------------------------------------------------ records
     def _records(self) -> list[dict]:
@@ -275,7 +297,10 @@ class Supervisor:
         NVIDIA's scripts. Refuses a second training on a busy GPU unless `force`.
         Returns the launch record (pid, command, console log path).
         """
-        data = Path(data)
+        with self._one_launch_at_a_time():
+            return self._start(Path(data), cfg, kimg, options, force, resume)
+
+    def _start(self, data: Path, cfg, kimg, options, force, resume):
         if not data.exists():
             raise UserError(f"dataset not found: {data.name} — prepare one on the Data tab first")
         live = self.live()
@@ -383,7 +408,10 @@ class Supervisor:
         The settings and length are the ones the run was launched with; `kimg` sets another length (a finished run
         needs more). The launch record keeps the length before (`length_from`) when it changed.
         """
-        run_dir = Path(run_dir)
+        with self._one_launch_at_a_time():
+            return self._resume(Path(run_dir), kimg, force)
+
+    def _resume(self, run_dir: Path, kimg, force) -> dict:
         view = self.view(run_dir)
         if view.live and view.state in ("stopped", "finished", "failed"):
             # It has said its last word and is only exiting: give it a moment.
@@ -393,6 +421,8 @@ class Supervisor:
                 view = self.view(run_dir)
         if view.live:
             raise UserError(f"run {view.name} is still running; stop it before resuming")
+        if self._resuming(run_dir):
+            raise UserError(f"run {run_dir.name} is being resumed already; it appears as running in a moment")
         snap = run_files.latest_snapshot(run_dir)
         if snap is None:
             raise UserError(f"run {run_dir.name} has no snapshot to resume from yet")
@@ -407,11 +437,25 @@ class Supervisor:
             raise UserError(f"run {run_dir.name} already reached {view.kimg:g} kimg of {total:g}; set a larger length "
                             f"to go on")
         options.pop("resume", None)
-        launched = self.start(data, cfg, total, options, force=force, resume=str(snap))
+        # The run folder, not the snapshot seen now: the trainer picks the newest snapshot once it holds the run's
+        # lock, so it never continues from one that another trainer has since gone past.
+        launched = self._start(Path(data), cfg, total, options, force, str(run_dir))
         if before and abs(total - before) > 1e-9:
             launched["length_from"] = before
             self._save(launched)
         return launched
+
+    def _resuming(self, run_dir: Path) -> bool:
+        """Whether a live launch that has not reported its run folder yet continues `run_dir`."""
+        target = run_dir.resolve()
+        for rec in self._records():
+            resume = rec.get("resume")
+            if rec.get("run_dir") or not resume or not self._alive(rec):
+                continue
+            path = Path(resume).resolve()
+            if target in (path, path.parent):
+                return True
+        return False
 
     def dismiss_failed_launches(self) -> None:
         """Hide launches that died before they made a run folder."""
@@ -429,6 +473,54 @@ def settings_from_run(run_dir: Path):
         raise UserError(f"run {run_dir.name} has no record of its dataset and length; resume it from the command line")
     # training_options.json holds the resolved numbers; pass the ones a user sets so the run goes on unchanged.
     return data, cfg, user_settings(opts), float(total)
+
+
+def _lock_file(path: Path):
+    """Open and lock `path` exclusively, waiting for another holder -> the descriptor (None where the platform has
+    neither fcntl nor msvcrt locking; the thread lock still serialises this process)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            import msvcrt
+
+            deadline = time.time() + 60
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise UserError(f"another dashboard is launching a training in {path.parent.parent}; "
+                                        f"try again in a moment") from None
+                    time.sleep(0.1)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlock_file(fd) -> None:
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except ImportError:
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _num(v):

@@ -528,8 +528,8 @@ def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> N
                 gr.Warning("the training is still starting; it appears below when it has made its run folder")
                 return gr.update(choices=run_choices(), value=NEWEST), memo
             raise UserError(f"the training stopped before it began: {why}")
-        gr.Info(f"Resumed run {run_dir.name}" if rec.get("resume") and Path(rec["resume"]).parent == run_dir
-                else f"Started a new run: {run_dir.name}")
+        resumed = rec.get("resume") and run_dir in (Path(rec["resume"]), Path(rec["resume"]).parent)
+        gr.Info(f"Resumed run {run_dir.name}" if resumed else f"Started a new run: {run_dir.name}")
         return gr.update(choices=run_choices(), value=run_dir.name), {}
 
     train_inputs = [dataset, preset, kimg, batch, gamma, snap, tick, aug, augpipe, p, target, mirror, cond, metrics,

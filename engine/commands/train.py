@@ -65,8 +65,9 @@ def add_arguments(p):
 
     g = p.add_argument_group("transfer learning and resume")
     g.add_argument("--resume", metavar="PATH|latest",
-                   help="snapshot of a run to continue, 'latest', or a network (.pkl/.pt) to start from; a "
-                        "continued run may change --glr, --dlr, --gamma and --ema")
+                   help="snapshot of a run to continue, 'latest', a run folder (its newest snapshot), or a network "
+                        "(.pkl/.pt) to start from; a "
+                        "continued run may change --glr, --dlr, --gamma, --ema, --target and --style-mixing")
     g.add_argument("--freezed", type=int, default=0, metavar="N", help="freeze the first N layers of D")
 
     g = p.add_argument_group("progress and output")

@@ -7,7 +7,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.train import distributed
 from engine.train.options import TrainOptions
-from engine.train.setup import pick_device, prepare_run
+from engine.train.setup import continues_in_place, pick_device, prepare_run, run_to_continue
 
 
 def train(options: TrainOptions) -> int:
@@ -17,28 +17,67 @@ def train(options: TrainOptions) -> int:
         return _torchrun_rank(options)
     if options.gpus > 1:
         # Everything that can fail on the user's input is checked here, once, before any worker starts.
-        cfg = prepare_run(options, options.gpus)
-        with claim_run(cfg):
+        cfg, lock = prepare_and_claim(options, options.gpus)
+        with lock:
             return distributed.launch(_worker, (cfg,), options.gpus)
     from engine.train.loop import training_loop
 
     device = pick_device(options)
-    cfg = prepare_run(options, 1)
-    with claim_run(cfg):
+    cfg, lock = prepare_and_claim(options, 1)
+    with lock:
         env = distributed.setup(device)
         return training_loop(cfg, env)
 
 
+_SETTLE_TRIES = 5
+
+
+def prepare_and_claim(options: TrainOptions, world_size: int):
+    """Resolve the config and hold its run folder -> (TrainConfig, RunLock).
+
+    A run continued in its own folder is locked before anything of it is read: which snapshot `--resume latest` or
+    a run folder means, and the snapshot itself, are read under the lock. A trainer that had to wait for another
+    therefore continues from what that one left, never from a snapshot it chose before and that has since been
+    followed by newer ones (whose stats and grids it would overwrite). A new run's folder is made for this trainer
+    alone, so it is locked once made.
+    """
+    for _ in range(_SETTLE_TRIES):
+        guess = run_to_continue(options)
+        lock = claim_folder(guess) if guess is not None else None
+        try:
+            cfg = prepare_run(options, world_size)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if not continues_in_place(cfg):
+            if lock is not None:
+                lock.release()
+            return cfg, claim_run(cfg)
+        if lock is not None and Path(cfg.run_dir).resolve() == Path(guess).resolve():
+            return cfg, lock
+        # Between the look and the lock another run became the one to continue: look again.
+        if lock is not None:
+            lock.release()
+    raise UserError(f"--resume {options.resume}: the runs in {options.outdir} kept changing while this training "
+                    f"chose one to continue; try again when the other trainings have started")
+
+
 def claim_run(cfg):
     """Lock the run folder for this process (one trainer per run) and clear the temporaries of killed ones."""
+    return claim_folder(cfg.run_dir)
+
+
+def claim_folder(run_dir):
+    """Lock `run_dir` for this process and clear the temporaries of killed trainers there and beside it."""
     from engine.fsutil import format_bytes
     from engine.train import runlock
 
-    lock = runlock.acquire(cfg.run_dir)
-    removed = lock.removed + runlock.sweep_outdir(Path(cfg.run_dir).parent, cfg.run_dir)
+    lock = runlock.acquire(run_dir)
+    removed = lock.removed + runlock.sweep_outdir(Path(run_dir).parent, run_dir)
     if removed:
         size = sum(n for _, n in removed)
-        print(f"removed {len(removed)} temporary file(s) ({format_bytes(size)}) left in {Path(cfg.run_dir).parent} "
+        print(f"removed {len(removed)} temporary file(s) ({format_bytes(size)}) left in {Path(run_dir).parent} "
               f"by trainings that were killed", flush=True)
     return lock
 
@@ -54,8 +93,8 @@ def _torchrun_rank(options):
         payload = None
         if env.is_main:
             try:
-                cfg = prepare_run(options, env.world_size)
-                lock = claim_run(cfg)  # before the broadcast, so that a refusal stops every rank cleanly
+                # before the broadcast, so that a refusal stops every rank cleanly
+                cfg, lock = prepare_and_claim(options, env.world_size)
                 payload = {"cfg": cfg.to_dict()}
             except UserError as e:
                 payload = {"error": str(e)}

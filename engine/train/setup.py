@@ -5,6 +5,7 @@ is one clear error before a network is built or a file is written.
 
 --resume semantics:
 - `latest`: the newest snapshot of the newest run in --outdir that trained on this dataset (a new run if none);
+- a run folder: its newest snapshot (what the dashboard's Resume asks for);
 - a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
   optimiser moments, ADA p, RNG) up to --kimg in total, with its own settings except the optimisation ones it
   may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life, ADA target, style mixing);
@@ -89,6 +90,7 @@ def resolve_resume(options: TrainOptions, facts):
     if not options.resume:
         return None, None, None
     path = options.resume
+    newest = path == "latest"  # the run's newest snapshot is wanted, not one the user named
     if path == "latest":
         found = runs.find_resume_latest(options.outdir, facts["path"])
         if found is None:
@@ -99,6 +101,14 @@ def resolve_resume(options: TrainOptions, facts):
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"--resume {options.resume!r}: no such file")
+    if path.is_dir():
+        if not runs.is_run_folder(path):
+            raise UserError(f"--resume {options.resume!r} is a folder but not a run folder (it has no "
+                            f"{runs.OPTIONS_FILE}); name a snapshot file, a run folder or 'latest'")
+        found = runs.latest_snapshot(path)
+        if found is None:
+            raise UserError(f"--resume {options.resume!r}: run {path.name} has no snapshot to continue from yet")
+        path, newest = Path(found), True
     snap = None
     if path.suffix == ".pt":
         try:
@@ -112,17 +122,43 @@ def resolve_resume(options: TrainOptions, facts):
                 good, good_snap = _previous_good_snapshot(path)
                 if good is None:
                     raise UserError(f"{e}; no other snapshot of {path.parent.name} can be read either") from None
-                if options.resume != "latest":
+                if not newest:
                     raise UserError(f"{e}; the newest good snapshot of this run is {good}: continue with "
                                     f"--resume {good}") from None
-                print(f"--resume latest: {path.name} cannot be read ({e}); continuing from the previous good "
-                      f"snapshot {good.name} instead", flush=True)
+                print(f"--resume {options.resume}: {path.name} cannot be read ({e}); continuing from the previous "
+                      f"good snapshot {good.name} instead", flush=True)
                 path, snap = good, good_snap
     if snap is not None and is_snapshot(snap):
         full = all(k in snap for k in ("G", "D", "progress", "optimizers", "options"))
         if full and _same_dataset(snap.get("dataset") or {}, facts):
             return "continue", path, snap  # in its run folder, or (a copy, e.g. the demo's) in a new one
     return "transfer", path, snap
+
+
+def run_to_continue(options: TrainOptions):
+    """The run folder that --resume would continue in place (latest, a run folder, a snapshot in a run folder), or
+    None (a new run, a transfer, a copied snapshot, or a value prepare_run will refuse). Read before the run's lock
+    is taken, to know which lock to take; prepare_run decides again under it."""
+    resume = options.resume
+    if not resume:
+        return None
+    try:
+        if resume == "latest":
+            if not options.data or not options.outdir:
+                return None
+            found = runs.find_resume_latest(options.outdir, str(Path(options.data).expanduser().resolve()))
+            return Path(found).parent if found is not None else None
+        path = Path(resume).expanduser()
+        folder = path if path.is_dir() else path.parent
+        return folder if runs.is_run_folder(folder) else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def continues_in_place(cfg: TrainConfig):
+    """Whether cfg continues an existing run in its own folder (which another trainer may also want)."""
+    return (cfg.resume_mode == "continue" and bool(cfg.run_dir)
+            and Path(cfg.run_dir).resolve() == Path(cfg.resume).parent.resolve())
 
 
 # Optimisation settings a continued run may change (late in training a lower learning rate, a longer G_ema
