@@ -118,3 +118,22 @@ def test_project_edit_save_and_walk(page, server):  # noqa: F811 (pytest fixture
     minus = np.asarray(Image.open(library / "photo minus.png").convert("RGB"), dtype=np.float32)
     assert np.abs(first - plus).mean() < np.abs(first - minus).mean()
     assert np.abs(middle - minus).mean() < np.abs(middle - plus).mean()
+
+
+def test_error_messages_read_as_written(page, server):  # noqa: F811 (pytest fixtures)
+    """A refused value is quoted in the message: the page shows the quotes (and any markup the user typed) as
+    text, not as HTML entities or as markup."""
+    pg = page
+    pg.get_by_role("tab", name="Generate", exact=True).click()
+    for typed, expected in (("0-99999999", "'0-99999999'"), ("<b>7</b>", "'<b>7</b>'")):
+        field(pg, "generate-seeds").fill(typed)
+        pg.locator("#generate-btn").click()
+        toast = pg.locator(".toast-body.error").last
+        expect(toast).to_be_visible(timeout=30_000)
+        text = toast.inner_text()
+        assert expected in text, text
+        assert "&#x27;" not in text and "&lt;" not in text and "&amp;" not in text, text
+        assert toast.locator("b").count() == 0  # the user's markup is shown, not rendered
+        pg.locator(".toast-close").last.click()
+        expect(pg.locator(".toast-body.error")).to_have_count(0, timeout=10_000)
+    field(pg, "generate-seeds").fill("0-7")
