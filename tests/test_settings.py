@@ -56,3 +56,77 @@ def test_user_settings_round_trip_through_a_resolved_config():
     cfg["aug"], cfg["metrics"] = "ada", []
     got = settings.user_settings(cfg)
     assert "p" not in got and got["metrics"] == "none"
+
+
+def test_the_options_table_makes_the_flags_the_fields_and_the_checks():
+    import argparse
+
+    from engine.commands.train import add_arguments, options_from_args
+
+    assert [f.name for f in dataclasses.fields(TrainOptions)] == [o.name for o in settings.OPTIONS]
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {o.config for o in settings.OPTIONS if o.config} <= config_fields
+    # Where the names differ, the table says so (no "same name in both" by assumption).
+    assert (settings.config_field("ema"), settings.config_field("gpus")) == ("ema_kimg", "num_gpus")
+    with pytest.raises(KeyError):
+        settings.config_field("outdir")  # the run folder is made inside it: no field of its own
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert flags == {o.flag for o in settings.OPTIONS if o.cli} | {"--fp32", "--dry-run", "-h", "--help"}
+    parsed = options_from_args(p.parse_args(["--data", "d", "--outdir", "o"]))
+    assert parsed == TrainOptions(data="d", outdir="o")  # argparse's defaults are the table's
+    parsed = options_from_args(p.parse_args(["--data", "d", "--outdir", "o", "--gamma", "0", "--target", "0",
+                                             "--fp32", "--device", "auto", "--mirror"]))
+    assert (parsed.gamma, parsed.target, parsed.precision, parsed.device, parsed.mirror) == (0, 0, "fp32", None, True)
+    assert set(settings.RETUNABLE) == {"glr", "dlr", "gamma", "ema", "target", "style_mixing"}
+    assert {o.flag for o in settings.OPTIONS if o.on_continue == "change"} <= {
+        f for f in flags if f in p.format_help().split("a continued run may change")[1]}
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("gamma", -1, "--gamma must be at least 0"), ("target", 1.5, "--target must be within [0, 1]"),
+    ("tick", 0, "--tick must be above 0"), ("batch", 0, "--batch must be at least 1"),
+    ("ema", float("nan"), "--ema nan is not a finite number")])
+def test_numbers_are_checked_by_the_table(name, value, message):
+    from engine.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        settings.check_numbers(TrainOptions(**{name: value}))
+    assert message in str(e.value)
+    settings.check_numbers(TrainOptions(gamma=0, target=0, p=1, workers=0))  # the edges that are allowed
+
+
+def test_the_train_form_is_made_from_the_table_and_0_is_a_value():
+    from engine.errors import UserError
+    from ui.train_tab import FORM_KEYS, FORM_OPTIONS, form_flags, form_value
+
+    assert FORM_KEYS[:3] == ["dataset", "preset", "kimg"] and all(n in settings.OPTION for n in FORM_OPTIONS)
+    empty = {name: None for name in FORM_OPTIONS}
+    empty.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="auto", seed=0)
+    flags = form_flags(empty)
+    assert "gamma" not in flags and "target" not in flags and "batch" not in flags  # empty: the preset's
+    flags = form_flags(dict(empty, gamma=0, target=0, batch=8, p=0.5))
+    assert flags["gamma"] == 0 and flags["target"] == 0 and flags["batch"] == 8
+    assert "p" not in flags  # p is for fixed augmentation only
+    assert form_flags(dict(empty, aug="Fixed p", p=0.3, target=0.7))["p"] == 0.3
+    with pytest.raises(UserError, match="^Batch must be at least 1"):
+        form_flags(dict(empty, batch=0))
+    # What a run was launched with comes back into the same fields.
+    launched = dict(flags, aug="fixed", p=0.3, mirror=1, metrics="kid1k")
+    back = {name: form_value(name, launched.get(name)) for name in FORM_OPTIONS}
+    assert (back["gamma"], back["target"], back["batch"], back["aug"], back["p"], back["mirror"]) == \
+        (0.0, 0.0, 8, "Fixed p", 0.3, True)
+    assert back["snap"] is None and back["metrics"] == "kid1k"
+
+
+def test_gamma_0_and_target_0_from_the_form_reach_the_config():
+    from engine.train import presets
+    from ui.train_tab import FORM_OPTIONS, form_flags
+
+    values = {name: None for name in FORM_OPTIONS}
+    values.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="none", seed=0, gamma=0, target=0)
+    opts = TrainOptions(data="d.zip", cfg="tiny", **{k: v for k, v in form_flags(values).items() if k != "metrics"})
+    facts = {"path": "d.zip", "name": "d", "resolution": 16, "channels": 3, "label_dim": 0, "size": 10}
+    cfg = presets.resolve(opts, facts, 1, "cpu")
+    assert cfg.r1_gamma == 0 and cfg.D_reg_interval is None and cfg.ada_target == 0

@@ -171,7 +171,8 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     # Said on the console and kept in the run's log.txt, after the line that says where the run resumed.
     log = (run / "log.txt").read_text()
     for text in (capsys.readouterr().out, log):
-        assert "continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --ema" in text
+        assert ("continuing with changed settings: --glr 0.0025 -> 0.001, --dlr 0.0025 -> 0.0005, --target 0.6 -> 0.7, "
+                "--style-mixing 0.9 -> 0, --ema") in text
         assert "keeps its own --batch (the run has 4)" in text
         # The network's shape comes from the snapshot: a different --cbase is named, an equal --cmax is not.
         assert "--cbase (the run has 256)" in text and "--mbstd-group (the run has 4)" in text
@@ -186,7 +187,7 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
     assert after["optimizers"]["D"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 16 / 17)
     assert after["options"]["G_lr"] == 0.001 and after["options"]["ema_kimg"] == 7
     assert after["options"]["ada_target"] == 0.7
-    assert "--ema 1.25 -> 7, --target 0.6 -> 0.7, --style-mixing 0.9 -> 0" in log
+    assert "--target 0.6 -> 0.7, --style-mixing 0.9 -> 0, --ema 1.25 -> 7" in log
     assert after["options"]["style_mixing"] == 0
     assert after["options"]["batch_size"] == 4 and after["progress"]["cur_nimg"] == 16
     assert json.loads((run / "training_options.json").read_text())["D_lr"] == 0.0005

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.runs import snapshot_kimg, steady_ticks
+from engine.train.options import ADA_TARGET
 
 # Hover text of each panel's title: what the jargon means and what a healthy curve looks like.
 EXPLAIN = {
@@ -22,7 +23,7 @@ EXPLAIN = {
     "Signs of D(real), r_t": "r_t, the mean sign of D's output on real images: how sure D is that the reals "
                              "are real,<br>from -1 (never) to 1 (always). Near 1, D has memorised the "
                              "training set (overfitting);<br>with ADA, p rises whenever r_t passes the "
-                             "target (0.6 unless set otherwise).",
+                             f"target ({ADA_TARGET:g} unless set otherwise).",
     "Sec per kimg": "Seconds to show D a thousand images (1 kimg): the training speed; lower is faster.",
     "FID / KID": "FID and KID: distances between generated and real images, measured with an Inception "
                  "network.<br>Lower is better; compare values of the same metric and dataset only.",

@@ -26,7 +26,7 @@ import psutil
 
 from engine.errors import UserError
 from engine.fsutil import write_json_atomic
-from engine.train.options import user_settings
+from engine.train.options import flag, user_settings
 from engine import runs as run_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,7 +318,7 @@ class Supervisor:
                 continue
             if isinstance(value, bool):
                 value = int(value)
-            args.append(f"--{key}={_num(value)}")
+            args.append(f"{flag(key)}={_num(value)}")
         if resume:
             args = [a for a in args if not a.startswith("--resume=")] + [f"--resume={resume}"]
         return self._launch(args, gpu, data=str(data), cfg=cfg, kimg=float(kimg), options=options or {},

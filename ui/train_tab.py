@@ -27,6 +27,14 @@ from ui.supervisor import RunView, Supervisor, settings_from_run
 AUGPIPES = [DEFAULT_AUGPIPE] + [name for name in settings.AUGPIPES if name != DEFAULT_AUGPIPE]
 METRICS = list(settings.METRIC_CHOICES)
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
+# The training options on the form, row by row; each field's kind, range, label and read-back come from
+# engine.train.options.OPTIONS.
+FORM_ROWS = (("batch", "gamma"), ("snap", "tick"), ("aug", "augpipe"), ("p", "target"), ("mirror", "cond"),
+             ("metrics",), ("seed",))
+FORM_OPTIONS = tuple(name for row in FORM_ROWS for name in row)
+FORM_KEYS = ["dataset", "preset", "kimg", *FORM_OPTIONS]
+FORM_DEFAULTS = {"p": 0.2, "metrics": "auto", "augpipe": DEFAULT_AUGPIPE}  # where the form starts other than empty
+FORM_ONLY_WITH_AUG = {"p": ("fixed",), "target": ("ada",), "augpipe": ("ada", "fixed")}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
 AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
 NEWEST = "(newest run)"
@@ -205,17 +213,45 @@ def form_values(v: RunView | None) -> dict | None:
         total = float(v.total_kimg or total)
     else:
         return None
-    aug = str(opts.get("aug") or "ada")
-    return {
-        "dataset": Path(str(data)).name, "preset": cfg, "kimg": total,
-        "batch": int(opts.get("batch") or 0), "gamma": float(opts.get("gamma") or 0),
-        "snap": int(opts.get("snap") or 0), "tick": float(opts.get("tick") or 0),
-        "aug": AUG_LABEL.get(aug, "ADA (adaptive)"), "augpipe": opts.get("augpipe") or DEFAULT_AUGPIPE,
-        "p": float(opts["p"]) if opts.get("p") is not None else 0.2,
-        "target": float(opts.get("target") or 0), "mirror": bool(int(opts.get("mirror") or 0)),
-        "cond": bool(int(opts.get("cond") or 0)), "metrics": str(opts.get("metrics") or "none"),
-        "seed": int(opts.get("seed") or 0),
-    }
+    return {"dataset": Path(str(data)).name, "preset": cfg, "kimg": total,
+            **{name: form_value(name, opts.get(name)) for name in FORM_OPTIONS}}
+
+
+def form_value(name: str, value):
+    """The form field's value for option `name` as a run was launched with it (None: not given, the preset's)."""
+    o = settings.OPTION[name]
+    if name == "aug":
+        return AUG_LABEL.get(str(value or o.default), AUG_LABEL[o.default])
+    if value is None or value == "":
+        return FORM_DEFAULTS.get(name, o.default)
+    if o.kind == "bool":
+        return bool(int(value)) if isinstance(value, (str, int, float)) else bool(value)
+    if o.kind in ("int", "float"):
+        return int(value) if o.kind == "int" else float(value)
+    return str(value)
+
+
+def form_flags(values: dict) -> dict:
+    """The form's settings -> {option: value} for the trainer's flags; an empty field is left out (the preset's
+    value is used), 0 is a value. Settings of another augmentation mode are left out too."""
+    aug = AUG_FLAG.get(values.get("aug"), "ada")
+    out = {}
+    for name in FORM_OPTIONS:
+        o, value = settings.OPTION[name], values.get(name)
+        if name == "aug":
+            value = aug
+        elif aug not in FORM_ONLY_WITH_AUG.get(name, (aug,)) or value is None or value == "":
+            continue
+        elif o.kind == "int":
+            value = int(value)
+        elif o.kind == "float":
+            value = float(value)
+        elif o.kind == "bool":
+            value = bool(value)
+        out[name] = value
+    settings.check_numbers(SimpleNamespace(**{n: out.get(n) for n in settings.OPTION}),
+                           name_of=lambda o: o.label or o.flag)
+    return out
 
 
 def resume_length(v: RunView, kimg_v, filled: dict | None) -> float | None:
@@ -237,8 +273,6 @@ def resume_length(v: RunView, kimg_v, filled: dict | None) -> float | None:
     return None if abs(length - float(v.total_kimg or 0)) < 1e-9 else length
 
 
-FORM_KEYS = ["dataset", "preset", "kimg", "batch", "gamma", "snap", "tick", "aug", "augpipe", "p", "target", "mirror",
-             "cond", "metrics", "seed"]
 
 
 def button_updates(v: RunView | None) -> tuple:
@@ -272,8 +306,7 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
     c.timer = gr.Timer(REFRESH_SEC)
     c.seen = gr.State({})
     c.form_of = gr.State({})  # {"run": name, "kimg": length} the form was filled from: tells a changed length
-    c.form_fields = [c.dataset, c.preset, c.kimg, c.batch, c.gamma, c.snap, c.tick, c.aug, c.augpipe, c.p, c.target,
-                     c.mirror, c.cond, c.metrics, c.seed]
+    c.form_fields = [getattr(c, key) for key in FORM_KEYS]
     c.watch_inputs = [c.run_pick, c.fakes_slider, c.seen]
     c.watch_outputs = [c.status, c.plot, c.fakes, c.fakes_slider, c.log_box, c.runs, c.seen, c.start_btn, c.stop_btn,
                        c.resume_btn]
@@ -298,26 +331,12 @@ def _settings_form(studio: Studio) -> SimpleNamespace:
         preset = gr.Dropdown(presets, value=presets[0], label="Preset", elem_id="train-preset")
         kimg = gr.Number(value=20, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
                          info="thousands of images shown to D")
+    fields = {}
     with gr.Accordion("More settings", open=False):
-        with gr.Row():
-            batch = gr.Number(value=0, precision=0, minimum=0, label="Batch (0 = preset's)",
-                              elem_id="train-batch")
-            gamma = gr.Number(value=0, minimum=0, label="R1 gamma (0 = preset's)")
-        with gr.Row():
-            snap = gr.Number(value=0, precision=0, minimum=0, label="Snapshot every N ticks (0 = preset's)",
-                             elem_id="train-snap")
-            tick = gr.Number(value=0, minimum=0, label="kimg per tick (0 = preset's)", elem_id="train-tick")
-        with gr.Row():
-            aug = gr.Radio(list(AUG_FLAG), value="ADA (adaptive)", label="Augmentation")
-            augpipe = gr.Dropdown(AUGPIPES, value=DEFAULT_AUGPIPE, label="Pipe")
-        with gr.Row():
-            p = gr.Number(value=0.2, minimum=0, maximum=1, label="p (for fixed augmentation)")
-            target = gr.Number(value=0, minimum=0, maximum=1, label="ADA target (0 = preset's, 0.6)")
-        with gr.Row():
-            mirror = gr.Checkbox(value=False, label="Mirror (x-flip) images")
-            cond = gr.Checkbox(value=False, label="Class-conditional")
-        metrics = gr.Dropdown(METRICS, value="auto", label="Metrics at each snapshot (auto: kid1k on a GPU)")
-        seed = gr.Number(value=0, precision=0, label="Seed")
+        for row in FORM_ROWS:
+            with gr.Row():
+                for name in row:
+                    fields[name] = _form_field(name)
         start_from = gr.Radio([START_SCRATCH, START_SNAPSHOT, START_UPLOAD], value=START_SCRATCH,
                               label="Start from")
         snapshot = gr.Dropdown([], label="Snapshot", visible=False, elem_id="train-from-snapshot",
@@ -334,11 +353,28 @@ def _settings_form(studio: Studio) -> SimpleNamespace:
     with gr.Group():
         estimate_btn = gr.Button("Estimate time on this machine", size="sm", elem_id="train-estimate-btn")
         estimate_md = gr.Markdown(elem_id="train-estimate")
-    return SimpleNamespace(dataset=dataset, preset=preset, kimg=kimg, batch=batch, gamma=gamma, snap=snap, tick=tick,
-                           aug=aug, augpipe=augpipe, p=p, target=target, mirror=mirror, cond=cond, metrics=metrics,
-                           seed=seed, start_from=start_from, snapshot=snapshot, upload=upload, freezed=freezed,
-                           force=force, start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn,
-                           estimate_btn=estimate_btn, estimate_md=estimate_md)
+    return SimpleNamespace(dataset=dataset, preset=preset, kimg=kimg, **fields, start_from=start_from,
+                           snapshot=snapshot, upload=upload, freezed=freezed, force=force, start_btn=start_btn,
+                           stop_btn=stop_btn, resume_btn=resume_btn, estimate_btn=estimate_btn,
+                           estimate_md=estimate_md)
+
+
+def _form_field(name: str):
+    """The form's widget for a training option, made from its entry in engine.train.options.OPTIONS."""
+    o = settings.OPTION[name]
+    value = FORM_DEFAULTS.get(name, o.default)
+    kw = dict(label=o.label or o.flag, elem_id="train-" + name.replace("_", "-"))
+    if o.info:
+        kw["info"] = o.info
+    if name == "aug":
+        return gr.Radio(list(AUG_FLAG), value=AUG_LABEL[o.default], **kw)
+    if name == "augpipe":
+        return gr.Dropdown(AUGPIPES, value=value, **kw)
+    if name == "metrics":
+        return gr.Dropdown(METRICS, value=value, **kw)
+    if o.kind == "bool":
+        return gr.Checkbox(value=bool(value), **kw)
+    return gr.Number(value=value, precision=0 if o.kind == "int" else None, minimum=o.low, maximum=o.high, **kw)
 
 
 def _run_panel() -> SimpleNamespace:
@@ -465,17 +501,15 @@ def _form_filling(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
 def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
     """The Start, Stop and Resume buttons."""
     chosen_view, run_choices, watch, watch_outputs = c.chosen_view, c.run_choices, c.watch, c.watch_outputs
-    dataset, preset, kimg, batch, gamma = c.dataset, c.preset, c.kimg, c.batch, c.gamma
-    snap, tick, aug, augpipe, p = c.snap, c.tick, c.aug, c.augpipe, c.p
-    target, mirror, cond, metrics, seed = c.target, c.mirror, c.cond, c.metrics, c.seed
     start_from, snapshot, upload, freezed, force = c.start_from, c.snapshot, c.upload, c.freezed, c.force
-    seen, form_of, run_pick, fakes_slider, start_btn = c.seen, c.form_of, c.run_pick, c.fakes_slider, c.start_btn
-    stop_btn, resume_btn = c.stop_btn, c.resume_btn
+    seen, run_pick, fakes_slider, start_btn = c.seen, c.run_pick, c.fakes_slider, c.start_btn
+    stop_btn, resume_btn, kimg, form_of = c.stop_btn, c.resume_btn, c.kimg, c.form_of
 
     @friendly
-    def do_start(ds, cfg, kimg_v, batch_v, gamma_v, snap_v, tick_v, aug_v, pipe_v, p_v, target_v, mirror_v,
-                 cond_v, metrics_v, seed_v, from_v, snap_pick, upload_v, freezed_v, force_v, memo,
-                 progress=gr.Progress()):
+    def do_start(*values, progress=gr.Progress()):
+        form = dict(zip(FORM_KEYS, values))
+        from_v, snap_pick, upload_v, freezed_v, force_v, memo = values[len(FORM_KEYS):]
+        ds, cfg, kimg_v = form["dataset"], form["preset"], form["kimg"]
         if not ds:
             raise UserError("no dataset chosen: prepare one on the Data tab first")
         data = studio.inside(studio.datasets_dir / Path(str(ds)).name, "dataset")
@@ -497,22 +531,11 @@ def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> N
             if not run_files.is_network_file(upload_v):
                 raise UserError("a network file ends in .pt or .pkl")
             resume = studio.keep_upload(upload_v, "networks", "network file")
-        options = {
-            "batch": int(batch_v) if batch_v else None,
-            "gamma": gamma_v if gamma_v else None,
-            "snap": int(snap_v) if snap_v else None,
-            "tick": tick_v if tick_v else None,
-            "aug": AUG_FLAG.get(aug_v, "ada"),
-            "augpipe": pipe_v if AUG_FLAG.get(aug_v) != "noaug" else None,
-            "p": p_v if AUG_FLAG.get(aug_v) == "fixed" and p_v is not None else None,
-            "target": target_v if AUG_FLAG.get(aug_v) == "ada" and target_v else None,
-            "mirror": bool(mirror_v),
-            "cond": True if cond_v else None,
-            "metrics": metrics_v or "none",
-            "seed": int(seed_v or 0),
-            "freezed": int(freezed_v) if resume and freezed_v else None,
-        }
-        if cond_v and not int(dataset_summary(data).get("label_dim") or dataset_summary(data).get("num_classes") or 0):
+        options = form_flags(form)
+        if resume and freezed_v:
+            options["freezed"] = int(freezed_v)
+        if options.get("cond") and not int(dataset_summary(data).get("label_dim")
+                                           or dataset_summary(data).get("num_classes") or 0):
             raise UserError(f"dataset {data.name} has no labels; untick class-conditional or prepare it with labels")
         progress(0, desc="Starting the training process")
         rec = sup.start(data, cfg, float(kimg_v), options, force=bool(force_v),
@@ -532,8 +555,7 @@ def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> N
         gr.Info(f"Resumed run {run_dir.name}" if resumed else f"Started a new run: {run_dir.name}")
         return gr.update(choices=run_choices(), value=run_dir.name), {}
 
-    train_inputs = [dataset, preset, kimg, batch, gamma, snap, tick, aug, augpipe, p, target, mirror, cond, metrics,
-                    seed, start_from, snapshot, upload, freezed, force, seen]
+    train_inputs = [*c.form_fields, start_from, snapshot, upload, freezed, force, seen]
     start_btn.click(do_start, train_inputs, [run_pick, seen], api_name="train_start", concurrency_id="train",
                     concurrency_limit=1).then(watch, [run_pick, fakes_slider, seen], watch_outputs, api_name=False)
 

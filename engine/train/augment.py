@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.train.options import ADA_TARGET
 
 # ---------------------------------------------------------------------------------------------------------------
 # Filters
@@ -482,7 +483,7 @@ class AdaController:
     it can go from 0 to 1 in speed_kimg thousand images; it is kept within [0, 1].
     """
 
-    def __init__(self, pipe, target=0.6, interval=4, speed_kimg=500, batch_size=32, device="cpu"):
+    def __init__(self, pipe, target=ADA_TARGET, interval=4, speed_kimg=500, batch_size=32, device="cpu"):
         self.pipe = pipe
         self.target = float(target)
         self.interval = int(interval)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import runs
+from engine.train.options import ADA_TARGET
 
 KIMG = "Progress/kimg"
 AUGMENT = "Progress/augment"
@@ -89,7 +90,7 @@ def _kimg_text(kimg):
 # From the statistics of each tick
 
 
-def check_overfitting(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, limits=None):
+def check_overfitting(records, ada_kimg=500.0, ada_target=ADA_TARGET, adaptive=True, limits=None):
     """D overfitting: ADA p at its ceiling or rising near ADA's top speed, or the real sign near 1.
 
     adaptive: whether ADA sets p (--aug ada); a fixed p (--aug fixed --p X) says nothing about overfitting, and
@@ -158,7 +159,7 @@ def check_divergence(records, limits=None):
     return out
 
 
-def check_records(records, ada_kimg=500.0, ada_target=0.6, adaptive=True, limits=None):
+def check_records(records, ada_kimg=500.0, ada_target=ADA_TARGET, adaptive=True, limits=None):
     """Every check that needs only the statistics records."""
     return (check_overfitting(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
             + check_divergence(records, limits=limits))
@@ -293,7 +294,7 @@ def check_run(run_dir, now=None, limits=None):
     records = runs.read_stats(run_dir)
     options = runs.read_options(run_dir) or {}
     ada_kimg = options.get("ada_kimg") if isinstance(options.get("ada_kimg"), (int, float)) else 500.0
-    ada_target = options.get("ada_target") if isinstance(options.get("ada_target"), (int, float)) else 0.6
+    ada_target = options.get("ada_target") if isinstance(options.get("ada_target"), (int, float)) else ADA_TARGET
     adaptive = options.get("aug", "ada") == "ada"
     out = check_records(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
     out += check_metric_spread(runs.read_metrics(run_dir), limits=limits)
@@ -318,7 +319,7 @@ class Monitor:
     again only every `repeat_ticks` ticks while it lasts (at once when it comes back after clearing), and
     'best: kimg 840, KID 0.021 (network-snapshot-000840.pt)' whenever a measured snapshot becomes the best."""
 
-    def __init__(self, run_dir, ada_kimg=500.0, ada_target=0.6, adaptive=True, repeat_ticks=50, history=100,
+    def __init__(self, run_dir, ada_kimg=500.0, ada_target=ADA_TARGET, adaptive=True, repeat_ticks=50, history=100,
                  limits=None):
         self.run_dir = Path(run_dir) if run_dir else None
         self.ada_kimg = ada_kimg

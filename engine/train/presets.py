@@ -9,7 +9,8 @@ networks that train in minutes (`tiny`) or an hour or so (`small`) on a few core
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.train.options import AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS, TrainConfig, TrainOptions, flag
+from engine.train.options import (ADA_TARGET, AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS, TrainConfig,
+                                  TrainOptions, check_numbers)
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,14 @@ def preset_names():
     return list(PRESETS)
 
 
-def _positive(name, value, kind=float):
-    if value is None:
-        return None
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag(name)} {value!r} is not a number") from None
-    if value <= 0:
-        raise UserError(f"{flag(name)} must be positive, got {value}")
-    return value
+def _given(value, kind=float):
+    """A given number as `kind` (None when not given: the preset's value is used)."""
+    return None if value is None else kind(value)
 
 
 def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, run_dir: str = "") -> TrainConfig:
     """Options + dataset facts ({'resolution', 'channels', 'label_dim', 'name', 'path', 'size'}) -> TrainConfig."""
+    check_numbers(options)
     if options.cfg not in PRESETS:
         raise UserError(f"--cfg {options.cfg!r} is not a preset; choose one of {', '.join(PRESETS)}")
     spec = PRESETS[options.cfg]
@@ -84,7 +79,7 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
     if gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {gpus}")
 
-    batch = _positive("batch", options.batch, int)
+    batch = _given(options.batch, int)
     if options.cfg == "auto":
         mb = batch or max(min(gpus * min(4096 // res, 32), 64), gpus)
         mbstd = min(mb // gpus, 4)
@@ -99,18 +94,15 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
         lrate = spec.lrate
         gamma = spec.gamma if spec.gamma >= 0 else 0.0002 * (res ** 2) / mb
         ema = spec.ema if spec.ema >= 0 else mb * 10 / 32
+    # (every number's range is checked once, by options.check_numbers, before a preset is resolved)
     if options.gamma is not None:
-        if options.gamma < 0:
-            raise UserError(f"--gamma must be >= 0, got {options.gamma}")
         gamma = float(options.gamma)
     if options.ema is not None:
-        if options.ema < 0:
-            raise UserError(f"--ema must be >= 0 (kimg), got {options.ema}")
         ema = float(options.ema)
 
     if mb % gpus != 0:
         raise UserError(f"--batch {mb} must be a multiple of --gpus {gpus}")
-    batch_gpu = _positive("batch_gpu", options.batch_gpu, int) or mb // gpus
+    batch_gpu = _given(options.batch_gpu, int) or mb // gpus
     if mb % (batch_gpu * gpus) != 0:
         raise UserError(f"--batch {mb} must be a multiple of --batch-gpu {batch_gpu} x --gpus {gpus}")
     if options.mbstd_group is not None:
@@ -119,11 +111,11 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
     while batch_gpu % mbstd != 0:  # groups must tile the per-GPU batch
         mbstd -= 1
 
-    cbase = _positive("cbase", options.cbase, int) or spec.cbase or int(fmaps * 32768)
-    cmax = _positive("cmax", options.cmax, int) or spec.cmax
-    mapping_layers = _positive("map", options.map, int) or spec.map
-    glr = _positive("glr", options.glr) or lrate
-    dlr = _positive("dlr", options.dlr) or lrate
+    cbase = _given(options.cbase, int) or spec.cbase or int(fmaps * 32768)
+    cmax = _given(options.cmax, int) or spec.cmax
+    mapping_layers = _given(options.map, int) or spec.map
+    glr = _given(options.glr) or lrate
+    dlr = _given(options.dlr) or lrate
 
     if options.precision not in PRECISIONS:
         raise UserError(f"--precision {options.precision!r}: choose auto, fp32, fp16 or bf16")
@@ -157,17 +149,13 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
     if augpipe not in AUGPIPES:
         raise UserError(f"--augpipe {augpipe!r} is not a known pipeline; choose one of {', '.join(AUGPIPES)}")
     aug_p = 0.0 if options.p is None else float(options.p)
-    if not 0 <= aug_p <= 1:
-        raise UserError(f"--p must be within [0, 1], got {aug_p}")
     if options.aug == "fixed" and options.p is None:
         raise UserError("--aug fixed needs --p (the fixed augmentation probability)")
-    target = 0.6 if options.target is None else float(options.target)
-    if not 0 <= target <= 1:
-        raise UserError(f"--target must be within [0, 1], got {target}")
+    target = ADA_TARGET if options.target is None else float(options.target)
 
-    kimg = _positive("kimg", options.kimg) or spec.kimg
-    tick = _positive("tick", options.tick) or spec.tick
-    snap = _positive("snap", options.snap, int) or spec.snap
+    kimg = _given(options.kimg) or spec.kimg
+    tick = _given(options.tick) or spec.tick
+    snap = _given(options.snap, int) or spec.snap
     pl_weight = spec.pl_weight if options.pl_weight is None else float(options.pl_weight)
     style_mixing = spec.style_mixing if options.style_mixing is None else float(options.style_mixing)
     workers = options.workers if options.workers is not None else (3 if device == "cuda" else 0)

@@ -24,7 +24,8 @@ import torch
 from engine.errors import UserError
 from engine import runs
 from engine.train import presets
-from engine.train.options import TrainConfig, TrainOptions, config_field, flag
+from engine.train.options import (OPTIONS, RETUNABLE, TrainConfig, TrainOptions, check_numbers, config_field,
+                                  flag)
 
 
 def dataset_facts(options: TrainOptions):
@@ -161,16 +162,8 @@ def continues_in_place(cfg: TrainConfig):
             and Path(cfg.run_dir).resolve() == Path(cfg.resume).parent.resolve())
 
 
-# Optimisation settings a continued run may change (late in training a lower learning rate, a longer G_ema
-# half-life, another ADA target or style-mixing probability, as in docs/BENCHMARKS.md "Late training"):
-# TrainOptions field -> TrainConfig field. ADA's p carries over and moves towards a new target at ADA's speed.
-RETUNABLE = {"glr": "G_lr", "dlr": "D_lr", "gamma": "r1_gamma", "ema": "ema_kimg", "target": "ada_target",
-             "style_mixing": "style_mixing"}
-# Settings of the run's config that a continued run keeps: given with another value, they are named as kept.
-FIXED_ON_CONTINUE = ("batch", "mirror", "cond", "subset", "seed", "aug", "augpipe", "p", "pl_weight", "cfg",
-                     "freezed", "precision")
-# The network's shape comes from the snapshot: TrainOptions field -> where the run's config holds its value.
-ARCHITECTURE_ON_CONTINUE = {
+# Where the run's config holds the network's shape, for the options that set it (on_continue "shape").
+_SHAPE_IN_CONFIG = {
     "cbase": lambda cfg: cfg.G_kwargs.get("channel_base"),
     "cmax": lambda cfg: cfg.G_kwargs.get("channel_max"),
     "map": lambda cfg: (cfg.G_kwargs.get("mapping_kwargs") or {}).get("num_layers"),
@@ -185,7 +178,8 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
     """Apply the optimisation settings a continued run may change (check_numbers has checked their ranges) and
     put in cfg.continue_note what changed and which given flags the run keeps (the trainer logs it, log.txt too)."""
     changed = []
-    for name, field_name in RETUNABLE.items():
+    for name in RETUNABLE:
+        field_name = config_field(name)
         value, old = getattr(options, name), float(getattr(cfg, field_name))
         if value is None or float(value) == old:
             continue
@@ -201,10 +195,11 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
         changed.append(f"{flag(name)} {old:g} -> {value:g}")
     defaults = TrainOptions()
     kept = []
-    for name in FIXED_ON_CONTINUE + tuple(ARCHITECTURE_ON_CONTINUE):
-        given = getattr(options, name)
-        shape = ARCHITECTURE_ON_CONTINUE.get(name)
-        has = shape(cfg) if shape else getattr(cfg, config_field(name))
+    for o in OPTIONS:
+        if o.on_continue not in ("keep", "shape"):
+            continue
+        name, given = o.name, getattr(options, o.name)
+        has = _SHAPE_IN_CONFIG[name](cfg) if o.on_continue == "shape" else getattr(cfg, config_field(name))
         if given not in (None, getattr(defaults, name), has):
             kept.append(f"{flag(name)} (the run has {has})")
     lines = []
@@ -260,42 +255,6 @@ def _transfer_kwargs(cfg: TrainConfig, path, facts, options):
     dkw["epilogue_kwargs"] = dict(dkw.get("epilogue_kwargs") or {},
                                   mbstd_group_size=cfg.D_kwargs["epilogue_kwargs"]["mbstd_group_size"])
     cfg.D_kwargs = dkw
-
-
-# Numeric options: (lowest allowed, whether the lowest itself is allowed, highest or None).
-_NUMBER_RULES = {
-    "kimg": (0, False, None), "tick": (0, False, None), "glr": (0, False, None), "dlr": (0, False, None),
-    "gamma": (0, True, None), "p": (0, True, 1), "target": (0, True, 1), "style_mixing": (0, True, 1),
-    "pl_weight": (0, True, None), "batch": (1, True, None), "batch_gpu": (1, True, None), "snap": (1, True, None),
-    "map": (1, True, None), "cbase": (1, True, None), "cmax": (1, True, None), "mbstd_group": (1, True, None),
-    "subset": (1, True, None), "workers": (0, True, None), "max_steps": (1, True, None), "gpus": (1, True, None),
-    "freezed": (0, True, None), "ema": (0, True, None),
-}
-
-
-def check_numbers(options: TrainOptions):
-    """Every numeric option is a finite number in its range: one line naming the flag before anything is made."""
-    import math
-
-    for name, (low, low_ok, high) in _NUMBER_RULES.items():
-        flag_name = flag(name)
-        value = getattr(options, name, None)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise UserError(f"{flag_name} {value!r} is not a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{flag_name} {value!r} is not a number")
-        if not math.isfinite(value):
-            raise UserError(f"{flag_name} {value} is not a finite number; give an ordinary number such as "
-                            f"{'1' if low >= 1 else '0.5'}")
-        if value < low or (value == low and not low_ok):
-            raise UserError(f"{flag_name} must be {'at least' if low_ok else 'above'} {low}, got {value:g}")
-        if high is not None and value > high:
-            raise UserError(f"{flag_name} must be within [{low}, {high}], got {value:g}")
 
 
 # Quality tracking when no --metrics is given: KID of this many generated images (against as many real ones,
@@ -375,13 +334,13 @@ def prepare_run(options: TrainOptions, world_size: int, create_dir: bool = True)
         cfg.resume_mode = "continue"
         cfg.device = device
         cfg.num_gpus = world_size
-        if options.kimg is not None:
-            setattr(cfg, config_field("kimg"), float(options.kimg))
-        # What a continued run may change; everything else stays as the snapshot recorded it.
-        for name in ("snap", "tick", "workers", "progress", "max_steps"):
-            value = getattr(options, name)
-            if value is not None:
-                setattr(cfg, config_field(name), value)
+        # This session's own settings (length, snapshot interval, ...) are taken as given; the optimisation
+        # settings are retuned below; everything else stays as the snapshot recorded it.
+        for o in OPTIONS:
+            value = getattr(options, o.name)
+            if o.on_continue != "session" or value is None or o.name == "metrics":
+                continue
+            setattr(cfg, o.config, float(value) if o.kind == "float" else value)
         if options.snap is not None:
             cfg.image_snap = int(options.snap)
         if device != "cuda":
