@@ -130,7 +130,8 @@ def test_clear_errors(tmp_path):
 
 
 def test_pickles_without_open_zip_and_works_in_dataloader_workers(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     arrays = nvidia_dataset(tmp_path / "d.zip", n=16, labels=list(range(4)) * 4, as_zip=True)
     ds = ImageDataset(tmp_path / "d.zip", use_labels=True, xflip=True)
     ds[0]  # opens the zip in this process

@@ -271,11 +271,6 @@ def op_status(device=None):
     return rows
 
 
-def op_status_lines(device=None):
-    """op_status() as text lines: "bias_act cpu float32: compiled C++ kernel, verified ..."."""
-    return [f"{r['op']} {r['device']} {r['dtype']}: {r['detail']}" for r in op_status(device)]
-
-
 def training_lines(device, precision="fp32"):
     """The first lines of a training log about the compiled ops: the kernels the run will use (float32, and
     float16 / bfloat16 for --precision fp16 / bf16) are checked now, and each op/dtype says what it runs on."""

@@ -46,9 +46,3 @@ class StatsCollector:
             var = max(sq / num - mean * mean, 0.0)
             out[name] = {"num": num, "mean": mean, "std": math.sqrt(var)}
         return out
-
-    def state(self):
-        return {k: v.detach().cpu().clone() for k, v in self._moments.items()}
-
-    def load_state(self, state):
-        self._moments = {k: v.to(self.device, torch.float64) for k, v in (state or {}).items()}
