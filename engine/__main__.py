@@ -1,4 +1,5 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend,project,directions,edit,latents}:
+"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend,project,directions,edit,latents,
+stop}:
 parse, call, exit.
 
 Each sub-command lives in engine/commands/<name>.py with two functions:
@@ -25,6 +26,7 @@ COMMANDS = {
     "directions": "Find editing directions in w (closed-form factorisation or PCA)",
     "edit": "Move a latent along a direction; a GIF of the sweep",
     "latents": "List, save or delete named latents in the workdir's library",
+    "stop": "Ask a run's trainer to stop after its step, with a snapshot (any platform)",
 }
 
 

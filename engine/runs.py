@@ -34,6 +34,9 @@ STATUS_FILE = "status.json"
 OPTIONS_FILE = "training_options.json"
 STATS_FILE = "stats.jsonl"
 LOG_FILE = "log.txt"
+# A stop request that needs no signal (Windows has none that lets a process finish its step): the trainer of the
+# run finishes its step, writes a snapshot and exits as on SIGTERM when this file appears after it started.
+STOP_FILE = "stop.request"
 
 
 def is_network_file(name):
@@ -59,6 +62,29 @@ def run_dirs(outdir):
 def log_path(run_dir):
     """<run_dir>/log.txt: the trainer's console lines."""
     return Path(run_dir) / LOG_FILE
+
+
+def request_stop(run_dir, who="the dashboard"):
+    """Ask the trainer of `run_dir` to stop after its step (with a snapshot), on any platform."""
+    path = Path(run_dir) / STOP_FILE
+    path.write_text(f"stop requested by {who} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n", encoding="utf-8")
+    return path
+
+
+def stop_requested_since(run_dir, since):
+    """Whether a stop was requested for `run_dir` at or after time `since` (an older request, left by a trainer
+    that stopped before, does not count)."""
+    try:
+        return (Path(run_dir) / STOP_FILE).stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def clear_stop_request(run_dir):
+    try:
+        (Path(run_dir) / STOP_FILE).unlink()
+    except OSError:
+        pass
 
 
 def has_status(run_dir):

@@ -191,7 +191,10 @@ def test_resume_takes_a_run_folder_for_its_newest_snapshot(data, finished_run, t
 
 
 def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
-    monkeypatch.setattr(runlock, "fcntl", None)
+    from engine import compat
+
+    monkeypatch.setattr(compat, "fcntl", None)
+    monkeypatch.setattr(compat, "msvcrt", None)
     run = tmp_path / "00000-x"
     run.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

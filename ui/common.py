@@ -110,10 +110,18 @@ class Studio:
         return dest
 
 
+# Names Windows keeps for devices, whatever the extension ("nul.zip" is the null device there).
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
 def safe_name(text, default: str = "unnamed", max_len: int = 60) -> str:
-    """A file name made from user text: letters, digits, '.', '_' and '-', no leading dots, never empty."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or "")).strip(".-_")
+    """A file name made from user text that every platform accepts: letters (any script), digits, '.', '_' and
+    '-'; no path separators (/ or \\), drive letters, leading or trailing dots, Windows device names; never empty."""
+    s = re.sub(r"[^\w.-]+", "-", str(text or "")).strip(".-_")
     s = re.sub(r"-{2,}", "-", s)[:max_len].strip(".-_")
+    stem, dot, rest = s.partition(".")
+    if stem.upper() in _WINDOWS_RESERVED:
+        s = f"{stem}-file{dot}{rest}"
     return s or default
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine import compat
 from engine.errors import UserError
 from engine.timefmt import format_time
 from engine.fsutil import write_json_atomic
@@ -186,7 +186,7 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
     log = scratch / "console.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, **compat.detached_popen_kwargs())
     spk, stats = None, []
     try:
         while time.time() - t0 < timeout:
@@ -201,9 +201,8 @@ def warm_up(workdir: Path, data: Path, preset: str, resolution: int, batch: int 
             time.sleep(0.3)
     finally:
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            compat.kill_tree(proc.pid)
+            if proc.poll() is None:
                 proc.kill()
         proc.wait()
     if spk is None:

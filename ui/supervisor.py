@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from engine import compat
 from engine.errors import UserError
 from engine.fsutil import write_json_atomic
 from engine.train.options import flag, user_settings
@@ -343,7 +343,7 @@ class Supervisor:
             log.flush()
             # Own process group: the training outlives a dashboard restart and a Ctrl+C in the dashboard's terminal.
             proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, **compat.detached_popen_kwargs())
         self._procs[proc.pid] = proc
         rec = {"pid": proc.pid, "started": started, "cmd": cmd, "args": args, "gpus": [gpu], "log": str(console),
                "run_dir": None, "stop_requested": None, **info}
@@ -368,15 +368,16 @@ class Supervisor:
         return None
 
     def stop(self, run_dir, wait: float = 0.0) -> RunView:
-        """Ask a training to stop: SIGTERM, on which it finishes the step, writes a snapshot and exits."""
+        """Ask a training to stop: it finishes the step, writes a snapshot and exits. The run folder's stop file asks
+        on every platform; on POSIX a SIGTERM asks too (a trainer of an older version watches no file)."""
         view = self.view(run_dir)
         if not view.live or view.state in ("stopped", "finished", "failed"):
             raise UserError(f"run {view.name} is not running (state: {view.state})")
-        pid = view.pid
         try:
-            os.kill(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            run_files.request_stop(run_dir)
+        except OSError as e:
+            raise UserError(f"cannot ask run {view.name} to stop: {e.strerror or e}") from None
+        compat.ask_to_stop(view.pid)
         if view.launch is not None:
             view.launch["stop_requested"] = time.time()
             self._save(view.launch)
@@ -397,10 +398,7 @@ class Supervisor:
 
     def _kill_view(self, view: RunView) -> None:
         if view.live and view.pid:
-            try:
-                os.killpg(os.getpgid(int(view.pid)), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                os.kill(int(view.pid), signal.SIGKILL)
+            compat.kill_tree(view.pid)
 
     def resume(self, run_dir, kimg: float | None = None, force: bool = False) -> dict:
         """Start a new training that continues run `run_dir` from its newest snapshot.
@@ -476,30 +474,17 @@ def settings_from_run(run_dir: Path):
 
 
 def _lock_file(path: Path):
-    """Open and lock `path` exclusively, waiting for another holder -> the descriptor (None where the platform has
-    neither fcntl nor msvcrt locking; the thread lock still serialises this process)."""
+    """Open and lock `path` exclusively, waiting for another holder -> the descriptor (None where the file system
+    cannot lock: the thread lock still serialises this process)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            import msvcrt
-
-            deadline = time.time() + 60
-            while True:
-                try:
-                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise UserError(f"another dashboard is launching a training in {path.parent.parent}; "
-                                        f"try again in a moment") from None
-                    time.sleep(0.1)
+        if not compat.lock(fd, timeout=120):
+            raise UserError(f"another dashboard is launching a training in {path.parent.parent}; try again in a "
+                            f"moment")
+    except compat.LockUnsupported:
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
@@ -507,20 +492,10 @@ def _lock_file(path: Path):
 
 
 def _unlock_file(fd) -> None:
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except ImportError:
-            import msvcrt
-
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if fd is None:
+        return
+    compat.unlock(fd)
+    os.close(fd)
 
 
 def _num(v):

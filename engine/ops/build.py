@@ -66,10 +66,24 @@ def _compiler():
     return os.environ.get("CXX") or ("cl" if sys.platform == "win32" else "c++")
 
 
+def _is_msvc(cxx):
+    return str(cxx).replace("\\", "/").rsplit("/", 1)[-1].lower() in ("cl", "cl.exe")
+
+
+def _missing_compiler(cxx):
+    """What to do when the C++ compiler is not found, for this platform."""
+    if _is_msvc(cxx):
+        return (f"no C++ compiler: {cxx!r} (MSVC) not found; install the Visual Studio Build Tools (Desktop "
+                f"development with C++) and start from the 'x64 Native Tools Command Prompt', or set CXX")
+    return f"no C++ compiler: {cxx!r} not found (set CXX or install g++/clang++)"
+
+
 def _compiler_id():
     cxx = _compiler()
     try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=20)
+        # MSVC's cl has no --version: run alone, it prints its version banner (to stderr).
+        out = subprocess.run([cxx] if _is_msvc(cxx) else [cxx, "--version"], capture_output=True, text=True,
+                             timeout=20)
         first = (out.stdout or out.stderr).strip().splitlines()
         return f"{cxx}: {first[0] if first else 'exit ' + str(out.returncode)}"
     except (OSError, subprocess.SubprocessError) as e:
@@ -291,8 +305,8 @@ def _compile(name, device, folder, modname, log_path):
         raise BuildError("ninja is not installed (pip install ninja)")
     cxx = _compiler()
     if shutil.which(cxx) is None:
-        raise BuildError(f"no C++ compiler: {cxx!r} not found (set CXX or install g++/clang++)")
-    if sys.platform != "win32":
+        raise BuildError(_missing_compiler(cxx))
+    if not _is_msvc(cxx):
         try:
             rc = subprocess.run([cxx, "--version"], capture_output=True, timeout=20).returncode
         except (OSError, subprocess.SubprocessError) as e:

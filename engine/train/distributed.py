@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from engine import compat
+
 
 @dataclass
 class DistEnv:
@@ -56,7 +58,9 @@ def setup(device_type):
         device = torch.device("cpu")
     backend = None
     if world > 1:
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend, note = compat.distributed_backend(device_type)
+        if note and rank == 0:
+            print(note, flush=True)
         if not dist.is_initialized():
             _import_before_process_group()
             kwargs = {"device_id": device} if device_type == "cuda" else {}
@@ -191,7 +195,7 @@ def launch(fn, args, nprocs):
         for p in procs:
             if p.is_alive():
                 try:
-                    os.kill(p.pid, signum)
+                    compat.ask_to_stop(p.pid)
                 except OSError:
                     pass
 

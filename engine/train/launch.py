@@ -1,7 +1,9 @@
 """Entry point of training: one process, --gpus N processes, or one rank of a torchrun job."""
 
+import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
@@ -18,7 +20,7 @@ def train(options: TrainOptions) -> int:
     if options.gpus > 1:
         # Everything that can fail on the user's input is checked here, once, before any worker starts.
         cfg, lock = prepare_and_claim(options, options.gpus)
-        with lock:
+        with lock, _launch_time_for_workers():
             return distributed.launch(_worker, (cfg,), options.gpus)
     from engine.train.loop import training_loop
 
@@ -27,6 +29,22 @@ def train(options: TrainOptions) -> int:
     with lock:
         env = distributed.setup(device)
         return training_loop(cfg, env)
+
+
+@contextmanager
+def _launch_time_for_workers():
+    """The workers' stop requests count from when this command started, not from when each worker did."""
+    from engine.train.process import launched_at
+
+    old = os.environ.get("STUDIO_LAUNCHED_AT")
+    os.environ["STUDIO_LAUNCHED_AT"] = str(launched_at())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_LAUNCHED_AT", None)
+        else:
+            os.environ["STUDIO_LAUNCHED_AT"] = old
 
 
 _SETTLE_TRIES = 5

@@ -44,7 +44,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
     session_start = time.time()
     device = env.device
     log = Logger(cfg.run_dir if env.is_main else None, show_progress=cfg.progress, total_kimg=cfg.total_kimg)
-    stopper = StopRequest()
+    stopper = StopRequest(cfg.run_dir if env.is_main else None)
     stopper.install()
     status = StatusWriter(cfg, env, session_start)
     try:
@@ -172,6 +172,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             log.line(f"{why}: kimg {progress.cur_nimg / 1000:.3f}, snapshot {last_snapshot}; continue with "
                      f"--resume {Path(cfg.run_dir) / last_snapshot}")
             status.update("stopped", progress, snapshot=last_snapshot, message=why)
+            stopper.done()
         return 0
     except BaseException as e:
         log.close_bar()

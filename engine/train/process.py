@@ -101,18 +101,67 @@ class StatusWriter:
             pass
 
 
-class StopRequest:
-    """SIGTERM / SIGINT ask the loop to finish its step, write a snapshot and exit; a second SIGINT interrupts."""
+def launched_at():
+    """When the training command started: the stop requests made since then are this trainer's. Workers of
+    --gpus N inherit the launcher's time through the environment."""
+    import os
 
-    def __init__(self):
-        self.requested = False
+    try:
+        return float(os.environ["STUDIO_LAUNCHED_AT"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        import time
+
+        return time.time()
+
+
+class StopRequest:
+    """SIGTERM / SIGINT, or the run folder's stop file (runs.STOP_FILE, on every platform), ask the loop to finish
+    its step, write a snapshot and exit; a second SIGINT interrupts.
+
+    The stop file is looked at no more than once a second, and only by rank 0 (`run_dir` None elsewhere): the
+    ranks agree on stopping through the loop's all-reduce."""
+
+    _LOOK_EVERY_S = 1.0
+
+    def __init__(self, run_dir=None, since=None):
+        self.run_dir = run_dir
+        self.since = launched_at() if since is None else since
         self.signal = None
+        self._flag = False
+        self._by_file = False
+        self._next_look = 0.0
         self._old = {}
+        if run_dir is not None and not runs.stop_requested_since(run_dir, self.since):
+            runs.clear_stop_request(run_dir)  # a request older than this trainer was meant for an earlier one
+
+    @property
+    def requested(self):
+        if self._flag or self.run_dir is None:
+            return self._flag
+        import time
+
+        now = time.monotonic()
+        if now >= self._next_look:
+            self._next_look = now + self._LOOK_EVERY_S
+            if runs.stop_requested_since(self.run_dir, self.since):
+                self._flag = self._by_file = True
+        return self._flag
+
+    def done(self):
+        """The run stopped: a stop file it followed is removed, so it cannot stop the run's next session."""
+        if self._by_file and self.run_dir is not None:
+            runs.clear_stop_request(self.run_dir)
 
     def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested and self.signal == signal.SIGINT:
+        if signum == signal.SIGINT and self._flag and self.signal == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self._flag = True
         self.signal = signum
 
     def install(self):

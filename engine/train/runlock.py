@@ -3,8 +3,9 @@
 Two trainers continuing the same run would log every tick twice and write the same snapshots. The trainer that
 starts or continues a run takes an exclusive lock on `<run>/.train.lock` (flock: the kernel drops it when the
 process dies, however it dies, so a lock left by a killed trainer is simply taken over) and writes its pid and
-start time into the file so that a refused trainer can say who holds the run. Where the file system has no
-flock, the pid in the file decides: a live pid refuses, a dead one is taken over.
+start time into the file so that a refused trainer can say who holds the run. The lock is flock on POSIX and
+msvcrt's byte lock on Windows (engine/compat.py); where the file system has neither, the pid in the file decides: a
+live pid refuses, a dead one is taken over.
 
 Holding the lock also proves that no writer of this folder is alive, so the temporary files of killed writers
 (`.network-snapshot-*.pt.*.tmp` can be as large as a snapshot) are removed when the lock is taken; a trainer
@@ -17,16 +18,12 @@ import socket
 import time
 from pathlib import Path
 
+from engine import compat
 from engine.errors import UserError
 from engine.procs import pid_alive
 
 LOCK_NAME = ".train.lock"
 _PATIENCE_S = 2.0
-
-try:
-    import fcntl
-except ImportError:  # Windows: the pid check alone
-    fcntl = None
 
 
 def read_owner(run_dir):
@@ -52,19 +49,17 @@ def _refusal(run_dir, owner):
 class RunLock:
     """The lock on one run folder, held until release() or the end of the process."""
 
-    def __init__(self, run_dir, fd, removed):
+    def __init__(self, run_dir, fd, removed, locked=True):
         self.run_dir = Path(run_dir)
         self.fd = fd
+        self.locked = locked  # False where the file system has no lock and the pid in the file decides
         self.removed = removed  # [(name, bytes)] temporary files of dead writers that were deleted
 
     def release(self):
         if self.fd is None:
             return
-        try:
-            if fcntl is not None:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-        except OSError:
-            pass
+        if self.locked:
+            compat.unlock(self.fd)
         os.close(self.fd)
         self.fd = None
 
@@ -84,33 +79,24 @@ def acquire(run_dir):
     except OSError as e:
         raise UserError(f"cannot lock run folder {run_dir}: {e.strerror or e}") from None
     try:
-        locked = False
-        if fcntl is not None:
-            deadline = time.monotonic() + _PATIENCE_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    locked = True
-                    break
-                except BlockingIOError:
-                    # Another trainer's sweep (below) holds a lock for milliseconds only: wait that out.
-                    if time.monotonic() > deadline:
-                        raise _refusal(run_dir, read_owner(run_dir)) from None
-                    time.sleep(0.05)
-                except OSError:
-                    break  # no flock on this file system (some network mounts): fall back to the pid
+        try:
+            # Another trainer's sweep (below) holds a lock for milliseconds only: wait that out.
+            locked = compat.lock(fd, timeout=_PATIENCE_S)
+            if not locked:
+                raise _refusal(run_dir, read_owner(run_dir))
+        except compat.LockUnsupported:
+            locked = False  # no lock on this file system (some network mounts): fall back to the pid
         if not locked:
             owner = read_owner(run_dir)
             pid = (owner or {}).get("pid")
             if pid and int(pid) != os.getpid() and pid_alive(pid):
                 raise _refusal(run_dir, owner)
         record = json.dumps({"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
+        compat.write_at_start(fd, record.encode())
     except BaseException:
         os.close(fd)
         raise
-    return RunLock(run_dir, fd, remove_stale_temporaries(run_dir))
+    return RunLock(run_dir, fd, remove_stale_temporaries(run_dir), locked)
 
 
 def _stale_candidates(run_dir):
@@ -132,25 +118,25 @@ def sweep_outdir(outdir, own_run_dir=None):
     for folder in folders:
         if (own is not None and folder.resolve() == own) or not _stale_candidates(folder):
             continue
-        if fcntl is None:
-            pid = (read_owner(folder) or {}).get("pid")
-            if pid and pid_alive(pid):
-                continue
-            removed.extend(remove_stale_temporaries(folder))
-            continue
         try:
             fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # held: its trainer lives and its temporaries may be in progress
-        try:
-            removed.extend(remove_stale_temporaries(folder))
+            try:
+                if not compat.try_lock(fd):
+                    continue  # held: its trainer lives and its temporaries may be in progress
+            except compat.LockUnsupported:
+                pid = (read_owner(folder) or {}).get("pid")
+                if pid and pid_alive(pid):
+                    continue
+                removed.extend(remove_stale_temporaries(folder))
+                continue
+            try:
+                removed.extend(remove_stale_temporaries(folder))
+            finally:
+                compat.unlock(fd)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
     return removed
 
