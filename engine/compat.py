@@ -177,6 +177,23 @@ def write_at_start(fd, data: bytes):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def replace(src, dst, attempts=40, wait_s=0.05):
+    """os.replace, which on Windows is refused while another process has `dst` open (the dashboard reading
+    status.json as the trainer rewrites it): there it is tried again for up to about two seconds."""
+    for i in range(attempts if IS_WINDOWS else 1):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if not IS_WINDOWS or i == attempts - 1:
+                raise
+            time.sleep(wait_s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Distributed training
 
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engine import compat
 from engine.errors import UserError
 
 # Linux and macOS file systems: 255 bytes per name, 4096 per path. A longer name can never be created, so it is
@@ -145,7 +146,7 @@ def publish(tmp, path):
     """Rename the finished temporary `tmp` onto `path` in one step, with the permissions a plain open() would give
     (mkstemp makes 0600)."""
     os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    compat.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -250,3 +250,26 @@ def test_windows_upload_kept_under_a_safe_name(tmp_path):
     kept = studio.keep_upload(str(src), "images")
     assert kept.parent == studio.uploads_dir / "images" and kept.name == "Zoë-s-cat-1.png"
     assert kept.read_bytes() == src.read_bytes()
+
+
+def test_windows_replace_waits_for_a_reader_to_let_go(tmp_path, monkeypatch):
+    """On Windows a file open in another process cannot be replaced; the atomic writers try again briefly."""
+    from engine import fsutil
+
+    monkeypatch.setattr(compat, "IS_WINDOWS", True)
+    real = os.replace
+    refusals = []
+
+    def busy_twice(src, dst):
+        if len(refusals) < 2:
+            refusals.append(dst)
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        real(src, dst)
+
+    monkeypatch.setattr(compat.os, "replace", busy_twice)
+    fsutil.write_json_atomic(tmp_path / "status.json", {"state": "running"})
+    assert json.loads((tmp_path / "status.json").read_text()) == {"state": "running"} and len(refusals) == 2
+    monkeypatch.setattr(compat, "IS_WINDOWS", False)
+    refusals.clear()
+    with pytest.raises(PermissionError):
+        compat.replace(tmp_path / "a", tmp_path / "b")  # elsewhere a refusal is final at once
