@@ -39,7 +39,7 @@ def parse_seeds(text, what="seeds", max_count=MAX_SEEDS, max_value=MAX_SEED):
                 if hi < lo:
                     raise UserError(f"{what} range {part!r} runs backwards: write it as {hi}-{lo}")
                 if len(values) + (hi - lo + 1) > max_count:
-                    raise UserError(f"{what} {s!r} make more than {max_count} values")
+                    raise UserError(f"{what} {s!r} make more than {max_count} values; at most {max_count} at once")
                 values.extend(range(lo, hi + 1))
             elif re.fullmatch(r"\d+", part):
                 values.append(int(part))
@@ -48,7 +48,7 @@ def parse_seeds(text, what="seeds", max_count=MAX_SEEDS, max_value=MAX_SEED):
     if not values:
         raise UserError(f"no {what} given: use a list like 0,3,5-8")
     if len(values) > max_count:
-        raise UserError(f"too many {what} ({len(values)}); at most {max_count}")
+        raise UserError(f"too many {what} ({len(values)}); at most {max_count} at once")
     for v in values:
         if v < 0 or v > max_value:
             raise UserError(f"{what[:-1] if what.endswith('s') else what} {v} is out of range 0..{max_value}")

@@ -240,14 +240,16 @@ def _stat_mean(rec, key):
 
 
 def steady_ticks(stats):
-    """The stats.jsonl records of ticks that are not start-up (their sec/kimg is the training speed): not tick 0,
-    not the first tick of a resumed process, not a tick without a positive sec/kimg.
+    """The stats.jsonl records of ticks that are not start-up (their sec/kimg is the training speed): not tick 0
+    (one step), not the first full tick of a process (it carries the first calls' costs: a new run's tick 1, a
+    resumed process's first tick), not a tick without a positive sec/kimg.
 
     A resumed process shows in stats.jsonl as a tick that came much later than the one before it could have
     (the time between the two records exceeds the tick's own time and maintenance: the run was not running).
     """
     vals = []
     prev_ts = None
+    warm = False  # a full tick of the current process has been seen
     for i, rec in enumerate(stats):
         spk = _stat_mean(rec, "Timing/sec_per_kimg")
         tick = _stat_mean(rec, "Progress/tick")
@@ -255,7 +257,14 @@ def steady_ticks(stats):
         busy = (_stat_mean(rec, "Timing/sec_per_tick") or 0.0) + (_stat_mean(rec, "Timing/maintenance_sec") or 0.0)
         restarted = prev_ts is not None and ts is not None and ts - prev_ts > busy + 30.0
         prev_ts = ts
-        if i == 0 or not tick or restarted or not spk or spk <= 0:
+        if i == 0 or restarted:
+            warm = False
+        if not tick:
+            continue
+        if not warm:
+            warm = True
+            continue
+        if not spk or spk <= 0:
             continue
         vals.append(rec)
     return vals

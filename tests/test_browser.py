@@ -172,7 +172,7 @@ def test_journey(page, server):
     # A reload mid-run: the form shows the watched run's settings, not its defaults.
     pg.reload()
     pg.wait_for_selector("#tabs")
-    if pg.get_by_text("Three steps from pictures").is_visible():
+    if pg.get_by_text("From pictures to new pictures").is_visible():
         pg.get_by_text("Getting started").click()  # fold the guide again: the screenshot shows the tab itself
     pg.get_by_role("tab", name="Train", exact=True).click()
     wait_text(pg, "#train-status", "RUNNING", 60)

@@ -92,13 +92,16 @@ def test_best_snapshot_is_marked_on_the_metric_curve():
 
 
 def test_speed_panel_leaves_out_start_up_ticks():
-    # tick 0 (one step with the first-call costs) and a resumed process's first tick would dwarf the speed
+    # tick 0 (one step), a new run's first full tick (the first calls' costs: 82.8 s/kimg, then 15.7 in a real
+    # first run) and a resumed process's first tick would dwarf the speed
     stats = [rec(0.004, Progress__tick=0, Timing__sec_per_kimg=900.0, Timing__sec_per_tick=3.6),
-             rec(0.5, Progress__tick=1, Timing__sec_per_kimg=20.0, Timing__sec_per_tick=10.0),
-             rec(1.0, Progress__tick=2, Timing__sec_per_kimg=21.0, Timing__sec_per_tick=10.5),
-             rec(1.5, Progress__tick=3, Timing__sec_per_kimg=400.0, Timing__sec_per_tick=200.0)]
+             rec(0.25, Progress__tick=1, Timing__sec_per_kimg=82.8, Timing__sec_per_tick=10.0),
+             rec(0.5, Progress__tick=2, Timing__sec_per_kimg=20.0, Timing__sec_per_tick=10.0),
+             rec(1.0, Progress__tick=3, Timing__sec_per_kimg=21.0, Timing__sec_per_tick=10.5),
+             rec(1.5, Progress__tick=4, Timing__sec_per_kimg=400.0, Timing__sec_per_tick=200.0),
+             rec(2.0, Progress__tick=5, Timing__sec_per_kimg=22.0, Timing__sec_per_tick=11.0)]
     for i, r in enumerate(stats):
-        r["timestamp"] = 1000.0 + 11.0 * i + (3600.0 if i == 3 else 0.0)  # tick 3: after an hour stopped
+        r["timestamp"] = 1000.0 + 11.0 * i + (3600.0 if i >= 4 else 0.0)  # tick 4: after an hour stopped
     fig = charts.training_figure(stats)
     speed = [t for t in fig.data if t.name == "sec/kimg"]
-    assert len(speed) == 1 and list(speed[0].y) == [20.0, 21.0] and list(speed[0].x) == [0.5, 1.0]
+    assert len(speed) == 1 and list(speed[0].y) == [20.0, 21.0, 22.0] and list(speed[0].x) == [0.5, 1.0, 2.0]

@@ -478,12 +478,13 @@ def test_estimate_from_comparable_runs_is_a_robust_median(tmp_path):
             for i, spk in enumerate(spks):
                 f.write(json.dumps(_tick(1000.0 + n * 1000 + 11.0 * i, 0.1 * i, spk, tick=i)) + "\n")
 
-    run(0, [900.0, 10.0, 11.0, 12.0])  # tick 0 (start-up) is left out
-    run(1, [900.0, 10.5, 10.5])
-    run(2, [900.0, 300.0, 297.0])  # ran under another load: far off the others
-    run(3, [900.0, 1.0, 1.0], state="failed")  # interrupted
-    run(4, [900.0, 2.0, 2.0], size=4000)  # another dataset size
-    run(5, [900.0, 2.0, 2.0], cfg="small")
+    # Start-up is left out: tick 0 (one step) and the first full tick (the first calls' costs).
+    run(0, [900.0, 80.0, 10.0, 11.0, 12.0])
+    run(1, [900.0, 80.0, 10.5, 10.5])
+    run(2, [900.0, 80.0, 300.0, 297.0])  # ran under another load: far off the others
+    run(3, [900.0, 80.0, 1.0, 1.0], state="failed")  # interrupted
+    run(4, [900.0, 80.0, 2.0, 2.0], size=4000)  # another dataset size
+    run(5, [900.0, 80.0, 2.0, 2.0], cfg="small")
     est = estimate.from_previous_runs(sup, "tiny", 16, 8, size=300)
     assert est.runs == 2 and est.ticks == 5 and est.sec_per_kimg == pytest.approx(10.75)
     # Start-up (set-up and tick 0: 1 s + 10 s) and the snapshots' share (1 s a tick of 10 s) are told apart.
@@ -583,3 +584,17 @@ def test_grid_layout_leaves_no_avoidable_holes():
     for n in range(1, 300):
         cols, rows = _grid_shape(n)
         assert cols * rows >= n and cols <= 8 and cols * (rows - 1) < n, n  # fits, no empty last row
+
+
+def test_dataset_name_follows_the_resolution_and_the_seed_limit_is_said_once():
+    from engine.errors import UserError
+    from ui.data_tab import name_for_resolution
+    from ui.generate_tab import MAX_SEEDS, _seeds
+
+    assert name_for_resolution("emoji32", 64) == "emoji64" and name_for_resolution("cats", 128) == "cats128"
+    assert name_for_resolution("emoji16", 16) == "emoji16" and name_for_resolution("", 8) == "dataset8"
+    for text in ("0-1000000", "0-5000"):  # the same limit whatever the size of the request
+        with pytest.raises(UserError) as e:
+            _seeds(text)
+        assert str(e.value) == f"seeds '{text}' make more than {MAX_SEEDS} values; at most {MAX_SEEDS} at once"
+    assert _seeds("0-7") == list(range(8))

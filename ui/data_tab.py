@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,15 @@ SRC_EMOJI = "Built-in emoji set"
 SRC_UPLOAD = "Upload a zip or images"
 SRC_FOLDER = "Folder on this computer"
 RESOLUTIONS = [8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def name_for_resolution(name, resolution) -> str:
+    """The dataset name with the resolution as its ending ('emoji32' at 64 px -> 'emoji64', 'cats' -> 'cats64'), so
+    the same pictures prepared at two sizes get two names instead of one refusing the other."""
+    text = str(name or "").strip()
+    ending = "|".join(str(r) for r in sorted(RESOLUTIONS, key=lambda r: -len(str(r))))
+    base = re.sub(rf"(?:[-_ ]?(?:{ending}))$", "", text) or "dataset"
+    return f"{base}{int(resolution)}"
 TRANSFORMS = ["center-crop", "center-crop-wide", "pad", "stretch"]
 LABELS = {"Automatic (the source's own, if any)": "auto", "No labels": "none",
           "Sub-folder names are classes": "folders", "From the source's dataset.json": "json"}
@@ -157,7 +167,8 @@ def _prepare_layout(studio: Studio) -> SimpleNamespace:
             folder = gr.Textbox(label="Folder path on this computer", visible=False,
                                 placeholder="/home/me/pictures", elem_id="data-folder")
             with gr.Row():
-                name = gr.Textbox(value="emoji", label="Dataset name", elem_id="data-name")
+                name = gr.Textbox(value=name_for_resolution("emoji", 32), label="Dataset name",
+                                  elem_id="data-name", info="ends in the resolution, so sizes do not collide")
                 resolution = gr.Dropdown(RESOLUTIONS, value=32, label="Resolution (px)",
                                          elem_id="data-resolution")
                 max_images = gr.Number(value=500, precision=0, minimum=0, label="Max images (0 = all)",
@@ -211,6 +222,8 @@ def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
         return gr.update(visible=src == SRC_UPLOAD), gr.update(visible=src == SRC_FOLDER)
 
     source.change(on_source, source, [upload, folder], api_name=False)
+    resolution.change(lambda res, current: name_for_resolution(current, res), [resolution, name], name,
+                      api_name=False)
 
     @friendly
     def do_prepare(src, files, folder_path, ds_name, res, max_n, tfm, ch, lab, dd, progress=gr.Progress()):

@@ -157,12 +157,9 @@ def describe(net: dict, label: str) -> str:
 def _seeds(text: str, what: str = "seeds", limit: int = MAX_SEEDS) -> list[int]:
     from engine.generate import parse_seeds
 
-    seeds = parse_seeds(str(text or "").strip())
-    if not seeds:
+    if not str(text or "").strip():
         raise UserError(f"no {what} given: type numbers such as 0-7 or 1,5,9")
-    if len(seeds) > limit:
-        raise UserError(f"{len(seeds)} {what} is too many at once; at most {limit}")
-    return seeds
+    return parse_seeds(str(text).strip(), what=what, max_count=max(1, limit))  # one limit, said once
 
 
 def saved_names(studio: Studio, label) -> list[str]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from ui.common import Studio
 
 GUIDE = """
-**Three steps from pictures to new pictures**
+**From pictures to new pictures, in three steps (and a fourth to explore)**
 
 1. **Data** — turn pictures into a training set: the built-in emoji set, a zip or images you upload
-   {folder_hint}. Everything is resized to one square size (16–1024 px; 32 px trains in minutes on a CPU).
+   {folder_hint}. Everything is resized to one square size (8–1024 px; 32 px trains in minutes on a CPU).
 2. **Train** — pick the dataset and a preset (*tiny* for a first try) and press *Start a new run*. The page
    follows the run by itself: progress, curves, the newest generated images. *Stop* keeps a snapshot;
    *Resume* goes on from it.
 3. **Generate** — pick the demo network or any snapshot, type seeds (each seed is one image, the same every
    time), and press *Generate images*; *Make video* morphs smoothly from seed to seed.
+4. **Explore** — move through the network's space live: upload a photo to find its latent (projection), slide
+   along the directions the network learned, and save latents by name to use on *Generate*.
 
 **What is a kimg?** Training length is counted in thousands of images shown to the discriminator: 10 kimg means
 it has looked at 10,000 images (repeats included). Quality grows with kimg, fast at first, then slowly: on the

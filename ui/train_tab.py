@@ -130,8 +130,9 @@ def _process_ticks(v: RunView, stats: list[dict]) -> list[dict]:
 def current_speed(v: RunView, stats: list[dict]) -> tuple[float | None, float]:
     """(sec/kimg, kimg): the median of the newest ticks timed by the process now behind the run, and its kimg.
 
-    Start-up is left out: tick 0 of a run (one step, with the first-call costs) and the first tick of each
-    process (a resume warms up again) are not counted, so until a second tick is timed the speed is unknown.
+    Start-up is left out: tick 0 of a run (one step) and the first full tick of each process (a new run's tick 1,
+    a resumed process's first tick: they carry the first calls' costs) are not counted, so until the process has
+    timed a second full tick the speed is unknown ("measuring").
     Ticks of an earlier process (before a resume, perhaps on other hardware) do not count while one runs.
     status.json carries the kimg only once the tick's snapshot is written; stats.jsonl gets it at the end of the
     tick, so the larger of the two is the run's position.
@@ -140,7 +141,8 @@ def current_speed(v: RunView, stats: list[dict]) -> tuple[float | None, float]:
     if stats:
         kimg = max(kimg, _stat(stats[-1], "Progress/kimg") or 0.0)
     ticks = _process_ticks(v, stats)
-    timed = [r for r in ticks[1:] if (_stat(r, "Progress/tick") or 0) > 0]
+    full = [r for r in ticks if (_stat(r, "Progress/tick") or 0) > 0]
+    timed = full[1:]  # the process's first full tick carries its start-up
     vals = [x for r in timed[-5:] if (x := _stat(r, "Timing/sec_per_kimg")) and x > 0]
     return (statistics.median(vals) if vals else None), kimg
 
@@ -390,7 +392,8 @@ def _run_panel() -> SimpleNamespace:
         with gr.Column(scale=3):
             fakes = gr.Image(label="Generated images", interactive=False, elem_id="fakes-img",
                              type="filepath", height=320)
-            fakes_slider = gr.Slider(0, 1, value=0, step=1, label="Grid (drag for earlier ones)",
+            # Numbered from 1, as its label counts ("Grid 4 of 4" sits at 4).
+            fakes_slider = gr.Slider(1, 2, value=1, step=1, label="Grid (drag for earlier ones)",
                                      elem_id="fakes-slider")
         with gr.Column(scale=2):
             log_box = gr.Textbox(label="log.txt (last lines)", lines=14, max_lines=14, interactive=False,
@@ -436,7 +439,7 @@ def _run_reading(sup: Supervisor, c: SimpleNamespace) -> None:
         memo = dict(memo or {})
         if v is None or v.run_dir is None:
             return (status_html(v, []), charts.empty_figure("the curves appear after the first tick"),
-                    None, gr.update(maximum=1, value=0), v.log_tail if v else "", runs_table(sup.runs()), memo,
+                    None, gr.update(minimum=1, maximum=2, value=1), v.log_tail if v else "", runs_table(sup.runs()), memo,
                     *button_updates(v))
         stats = read_stats(v.run_dir)
         metrics = read_metrics(v.run_dir)
@@ -458,7 +461,8 @@ def _run_reading(sup: Supervisor, c: SimpleNamespace) -> None:
         else:
             img = gr.skip()
         memo["grids"], memo["run"] = n, v.name
-        slider = gr.update(maximum=max(1, n - 1), value=max(0, idx), label=_grid_label(grids, idx, stats))
+        # (a one-grid run keeps a slider of 1..2: a slider of one position cannot be drawn; 2 shows grid 1)
+        slider = gr.update(minimum=1, maximum=max(2, n), value=max(0, idx) + 1, label=_grid_label(grids, idx, stats))
         _, shown_kimg = current_speed(v, stats)
         return (status_html(v, stats), fig, img, slider, v.log_tail, runs_table(sup.runs(), {v.name: shown_kimg}),
                 memo, *button_updates(v))
@@ -593,6 +597,8 @@ def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> N
         total = float(rec.get("kimg") or 0)
         if rec.get("length_from"):
             gr.Info(f"Resuming run {run_short(v.name)}: length {float(rec['length_from']):g} → {total:g} kimg")
+        else:
+            gr.Info(f"Resuming run {run_short(v.name)} from its newest snapshot, to {total:g} kimg")
         pick, seen_v = _after_launch(rec, memo)
         return pick, seen_v, {"run": v.name, "kimg": total}
 
@@ -640,7 +646,7 @@ def _following(c: SimpleNamespace) -> None:
         memo = dict(memo or {})
         if not grids:
             return None, memo
-        i = max(0, min(int(value or 0), len(grids) - 1))
+        i = max(0, min(int(value or 1) - 1, len(grids) - 1))
         memo["pinned"] = None if i == len(grids) - 1 else i
         memo["shown"], memo["run"], memo["grids"] = str(grids[i]), v.name, len(grids)
         return str(grids[i]), memo
