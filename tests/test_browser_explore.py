@@ -137,3 +137,20 @@ def test_error_messages_read_as_written(page, server):  # noqa: F811 (pytest fix
         pg.locator(".toast-close").last.click()
         expect(pg.locator(".toast-body.error")).to_have_count(0, timeout=10_000)
     field(pg, "generate-seeds").fill("0-7")
+
+
+def test_direction_sliders_work_before_find_directions(page, server):  # noqa: F811 (pytest fixtures)
+    """The directions are found with the network: the first slider moves the picture without pressing Find."""
+    pg = page
+    pg.reload()
+    pg.wait_for_selector("#tabs")
+    pg.get_by_role("tab", name="Explore", exact=True).click()
+    pg.wait_for_selector("#explore-image img", timeout=60_000)
+    before = _wait_new_src(pg, "#explore-image img", None, 60)
+    slider = pg.locator("#explore-dir-0 input[type=number]")
+    slider.fill("6")
+    slider.press("Enter")
+    _wait_new_src(pg, "#explore-image img", before, 30)
+    no_error(pg)
+    box, img = pg.locator("#explore-image").bounding_box(), pg.locator("#explore-image img").bounding_box()
+    assert img["height"] >= 0.9 * box["height"] - 2  # drawn to its box, not at the network's 32 px

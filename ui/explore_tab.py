@@ -197,7 +197,13 @@ def build(studio: Studio):
         names = [e["name"] for e in entries]
         img, lat, cur = _render(label, None, 0, 0.7, "const", 0 if G.c_dim else None, None, "all",
                                 *([0] * NUM_SLIDERS))
-        return (img, lat, cur, None, None, "Source: seed", {"kind": "seed"},
+        # The sliders work at once: SeFa's directions (all layers) take a fraction of a second, so they are found
+        # with the network; Find directions chooses another method or layers.
+        from engine import directions as dirs
+
+        res = dirs.compute(G, "sefa", min(NUM_SLIDERS, int(G.w_dim)))
+        found_v = {"directions": res["directions"].tolist(), "scales": res["scales"].tolist()}
+        return (img, lat, cur, None, found_v, "Source: seed", {"kind": "seed"},
                 gr.update(choices=names, value=None), _gallery(entries),
                 *[gr.update(value=0) for _ in sliders])
 
