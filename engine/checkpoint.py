@@ -16,7 +16,6 @@ Every network is built by engine.nets.build, which checks the file's settings an
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from engine.errors import UserError
 from engine.nets.build import build_network, finish_network
 from engine.nvidia import pytorch as nvidia_pytorch
 from engine.nvidia import tf as nvidia_tf
-from engine.nvidia.unpickler import ModuleGraphError, check_zip_expansion, read_pickle_or_user_error
+from engine.nvidia.unpickler import ModuleGraphError, check_zip_expansion, first_line, read_pickle_or_user_error
 
 FORMAT = "stylegan-studio"
 VERSION = 1
@@ -124,9 +123,9 @@ def load_snapshot(path):
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"{path} is not a snapshot of this program (it holds objects other than plain data: "
-                        f"{str(e).splitlines()[0][:200]})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} is not a readable snapshot ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                        f"{first_line(e)})") from None
+    except Exception as e:  # a damaged archive makes torch raise assertions, key and type errors, ...
+        raise UserError(f"{path} is not a readable snapshot ({type(e).__name__}: {first_line(e)})") from None
     if not is_snapshot(data):
         raise UserError(f"{path} is not a network snapshot of this program (no 'format': '{FORMAT}' entry)")
     return data
@@ -198,6 +197,11 @@ def load_network(path, device="cpu"):
             return export.load_safetensors_network(path, device)
         _check_zip(path)
         return _load_network(path, device)
+    except UserError as e:
+        # The converters describe what is wrong inside the file; the user also needs to know which file.
+        if str(path) in str(e):
+            raise
+        raise UserError(f"{path}: {e}") from None
     except ModuleGraphError as e:
         raise UserError(f"{path} is not a network file that can be read: {e}") from None
     except RecursionError:
@@ -205,7 +209,19 @@ def load_network(path, device="cpu"):
     except ValueError as e:
         # Raised for crafted content by the bounded copies of settings (engine.nvidia.unpickler) and the tensor
         # check (engine.nets.build).
-        raise UserError(f"{path} is not a network file that can be read: {str(e)[:300]}") from None
+        raise UserError(f"{path} is not a network file that can be read: {first_line(e)}") from None
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # What the unpickler rebuilt is walked as NVIDIA lays out its networks; a file laid out otherwise (a
+        # setting of another type, an entry missing) ends here.
+        raise UserError(f"{path} is not a network file that can be read: its contents are not laid out as in a "
+                        f"network file ({type(e).__name__}: {first_line(e)})") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror or first_line(e)}") from None
+
+
+# The first opcode of a pickle of protocol 0 or 1 whose top object is a dict or tuple (2 and later start with
+# PROTO, 0x80, as does torch's legacy format).
+_OLD_PICKLE_STARTS = {b"(", b"}", b"]", b")", b"c"}
 
 
 def _load_network(path, device):
@@ -217,12 +233,14 @@ def _load_network(path, device):
             data = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             data = None  # holds objects (NVIDIA's networks saved with torch.save): use the restricted reader
-        except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise UserError(f"{path} is not a readable network file ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]})") from None
+        except Exception as e:  # a damaged archive makes torch raise assertions, key and type errors, ...
+            raise UserError(f"{path} is not a readable network file ({type(e).__name__}: {first_line(e)})") from None
         if data is not None and is_snapshot(data):
             return _load_studio(data, path, device)
     if data is None:
+        if not head.startswith((b"PK\x03\x04", b"\x80")) and head[:1] not in _OLD_PICKLE_STARTS:
+            raise UserError(f"{path} is not a network file: it is neither a zip archive (.pt), a pickle (.pkl) nor "
+                            "a safetensors export")
         data = read_pickle_or_user_error(path)
     if nvidia_tf.is_tf_pickle(data):
         return nvidia_tf.load(data, path, device)

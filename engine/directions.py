@@ -143,17 +143,37 @@ def load(path, G):
     data = read_npz(path, "directions file")
     if "directions" not in data:
         raise UserError(f"{path} has no 'directions' array: use a file written by python -m engine directions")
-    dirs = np.asarray(data["directions"], dtype=np.float32)
+    again = "write it again with python -m engine directions"
+    dirs = _numbers(data["directions"], path, "directions", "f")
     if dirs.ndim != 2 or dirs.shape[1] != int(G.w_dim):
         raise UserError(f"{path} holds directions of shape {list(dirs.shape)}, but this network's w has "
                         f"{G.w_dim} dimensions: it was made for another network")
     check_identity(identity_of(data), G, str(path))
     k = dirs.shape[0]
-    scales = np.asarray(data.get("scales", np.ones(k)), dtype=np.float32)
-    values = np.asarray(data.get("values", np.zeros(k)), dtype=np.float32)
+    if k == 0:
+        raise UserError(f"{path} holds no directions: {again}")
+    scales = _numbers(data.get("scales", np.ones(k)), path, "scales", "f")
+    values = _numbers(data.get("values", np.zeros(k)), path, "values", "f")
+    if scales.shape != (k,) or values.shape != (k,):
+        raise UserError(f"{path} holds {k} directions but scales of shape {list(scales.shape)} and values of "
+                        f"shape {list(values.shape)}: {again}")
+    layers = _numbers(data.get("layers", np.arange(int(G.num_ws))), path, "layers", "i")
+    if layers.ndim != 1 or layers.size == 0 or layers.min() < 0 or layers.max() >= int(G.num_ws):
+        raise UserError(f"{path} names layers outside 0..{int(G.num_ws) - 1}, those of this network: {again}")
+    method = data.get("method", np.array("unknown"))
     return {"directions": torch.from_numpy(dirs), "values": torch.from_numpy(values),
-            "scales": torch.from_numpy(scales), "method": str(data.get("method", np.array("unknown"))),
-            "layers": [int(v) for v in np.asarray(data.get("layers", np.arange(int(G.num_ws))))]}
+            "scales": torch.from_numpy(scales), "method": str(method.item() if method.size == 1 else method)[:64],
+            "layers": [int(v) for v in layers]}
+
+
+def _numbers(array, path, key, kind):
+    """An array of the file as float32 (kind 'f') or int64 (kind 'i'); UserError for text, records and the like."""
+    array = np.asarray(array)
+    allowed = "fiub" if kind == "f" else "iu"
+    if array.dtype.kind not in allowed:
+        raise UserError(f"{path}: its '{key}' array holds {array.dtype} values, not "
+                        f"{'numbers' if kind == 'f' else 'whole numbers'}")
+    return array.astype(np.float32 if kind == "f" else np.int64)
 
 
 def edit(ws, direction, strength, layers=None, scale=1.0):

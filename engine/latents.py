@@ -63,7 +63,12 @@ def check_ws(ws, G, source):
 
     UserError naming `source` when the shape belongs to another network.
     """
-    ws = torch.as_tensor(np.asarray(ws, dtype=np.float32) if not torch.is_tensor(ws) else ws, dtype=torch.float32)
+    if not torch.is_tensor(ws):
+        ws = np.asarray(ws)
+        if ws.dtype.kind not in "fiub":
+            raise UserError(f"{source} holds a latent of {ws.dtype} values, not of numbers")
+        ws = ws.astype(np.float32)
+    ws = torch.as_tensor(ws, dtype=torch.float32)
     if ws.ndim == 2:
         ws = ws.unsqueeze(0)
     want = (int(G.num_ws), int(G.w_dim))
@@ -82,12 +87,19 @@ def check_identity(saved, G, source):
         return
     mine = network_identity(G)
     for key in ("w_dim", "num_ws", "img_resolution", "img_channels", "c_dim"):
-        if key in saved and int(saved[key]) != mine[key]:
-            raise UserError(f"{source} was made for another network ({key} {saved[key]}, this one has "
+        if key not in saved:
+            continue
+        try:
+            theirs = int(saved[key])
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{source} records a damaged network identity ({key} {repr(saved[key])[:40]}): "
+                            "make the latent again") from None
+        if theirs != mine[key]:
+            raise UserError(f"{source} was made for another network ({key} {theirs}, this one has "
                             f"{mine[key]}): choose a latent of this network")
     if saved.get("fingerprint") and saved["fingerprint"] != mine["fingerprint"]:
-        raise UserError(f"{source} was made for another network (fingerprint {saved['fingerprint']}, this one "
-                        f"is {mine['fingerprint']}): choose a latent of this network")
+        raise UserError(f"{source} was made for another network (fingerprint {str(saved['fingerprint'])[:40]}, "
+                        f"this one is {mine['fingerprint']}): choose a latent of this network")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,15 +121,50 @@ def save_w(path, ws, G):
 
 
 def read_npz(path, what="latent file"):
-    """Open an npz without pickles -> dict of arrays. UserError for a missing or unreadable file."""
+    """Open an npz without pickles -> dict of arrays. UserError for a missing, unreadable or damaged file.
+
+    The archive's records and each array's declared size are checked before anything is read: a header of a few
+    bytes that declares 10**12 values is refused, not allocated.
+    """
+    from engine.nvidia.unpickler import check_zip_expansion
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    if head != b"PK\x03\x04":  # np.load would read a lone .npy at the size its header declares
+        raise UserError(f"{path} is not a readable .npz {what} (not a zip archive of arrays, as numpy.savez "
+                        "writes)")
+    try:
+        check_zip_expansion(path, "the archive")
         with np.load(path, allow_pickle=False) as data:
+            for name in data.zip.namelist():
+                _check_declared_size(data.zip, name)
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz {what} ({str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # zipfile and numpy's header parser raise many kinds of errors for damaged records
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable .npz {what} ({first})") from None
+
+
+def _check_declared_size(zf, name):
+    """ValueError when the .npy record `name` declares more data than it holds."""
+    if not name.endswith(".npy"):
+        return
+    info = zf.getinfo(name)
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    need = dtype.itemsize
+    for n in shape:
+        need *= int(n)
+    if need > info.file_size:
+        raise ValueError(f"{name} declares {need:,} bytes of data and holds {info.file_size:,}")
 
 
 def identity_of(data):
@@ -127,7 +174,7 @@ def identity_of(data):
         return None
     try:
         ident = json.loads(str(raw.item() if hasattr(raw, "item") else raw))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     return ident if isinstance(ident, dict) else None
 
@@ -218,14 +265,17 @@ def list_latents(folder, G=None):
     entries = []
     for meta in folder.glob("*.json"):
         npz = meta.with_suffix(".npz")
-        if not npz.is_file():
+        # A name save_latent would refuse was not written here, and load_latent could not open it.
+        if not _NAME_RE.fullmatch(meta.stem) or meta.stem.endswith(".") or not npz.is_file():
             continue
         try:
             entry = json.loads(meta.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if not isinstance(entry, dict):
             continue
+        if not isinstance(entry.get("network"), dict):
+            entry["network"] = {}
         entry["name"] = meta.stem
         entry["path"] = str(npz)
         thumb = meta.with_suffix(".png")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,6 +24,28 @@ from PIL import Image
 from engine.errors import UserError
 
 _IMAGE_EXTS = None
+MAX_SIDE = 4096  # pixels: the largest resolution a network may have
+MAX_CLASSES = 100_000  # the largest label size (c_dim) a network may have
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError)
+
+
+def read_record(zf: zipfile.ZipFile, name: str, archive) -> bytes:
+    """The whole record `name` of the zip `zf` (a small one: dataset.json).
+
+    zipfile asks for a record's declared size in one read: a damaged header declaring gigabytes would have them
+    allocated. A record declaring more than its archive holds, or more than 16x that inflated, is a ValueError.
+    """
+    info = zf.getinfo(name)
+    size = os.path.getsize(archive)
+    if info.compress_size > size or info.file_size > 16 * size + (1 << 20):
+        raise ValueError(f"its {name} record declares {info.file_size:,} bytes ({info.compress_size:,} stored) "
+                         f"in an archive of {size:,}")
+    return zf.read(info)
+
+
+def _short(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def image_extensions() -> set[str]:
@@ -64,8 +87,8 @@ class ImageDataset:
             self._type = "zip"
             try:
                 names = self._zipfile().namelist()
-            except (zipfile.BadZipFile, OSError) as e:
-                raise UserError(f"dataset {self.path!r} is a damaged zip ({e}); prepare it again") from None
+            except _ZIP_ERRORS as e:
+                raise UserError(f"dataset {self.path!r} is a damaged zip ({_short(e)}); prepare it again") from None
         else:
             raise UserError(f"dataset {self.path!r} is neither a folder nor a zip file")
         self._all_names = set(names)
@@ -74,7 +97,7 @@ class ImageDataset:
             raise UserError(f"dataset {self.path!r} holds no image files")
         self.name = p.stem if self._type == "zip" else p.name
 
-        first = self._read_pil(self._image_fnames[0])
+        first = self._read_pil(self._image_fnames[0], max_side=MAX_SIDE)
         channels = 1 if first.mode in ("1", "L", "I", "F") or first.mode.startswith("I;16") else 3
         w, h = first.size
         self._raw_shape = [len(self._image_fnames), channels, h, w]
@@ -115,19 +138,29 @@ class ImageDataset:
             return open(os.path.join(self.path, name), "rb")
         return self._zipfile().open(name, "r")
 
-    def _read_pil(self, name: str) -> Image.Image:
+    def _read_pil(self, name: str, size=None, max_side=None) -> Image.Image:
+        """The picture `name`, decoded; size (w, h) or max_side are checked from its header, before the pixels
+        are allocated."""
         try:
             with self._open(name) as f:
                 im = Image.open(f)
+                if size is not None and im.size != tuple(size):
+                    raise UserError(f"dataset {self.path!r}: {name} is {im.size[0]}x{im.size[1]}, the others "
+                                    f"{size[0]}x{size[1]}; prepare the dataset again")
+                if max_side is not None and max(im.size) > max_side:
+                    raise UserError(f"dataset {self.path!r}: {name} is {im.size[0]}x{im.size[1]}, larger than "
+                                    f"any training resolution (at most {max_side}); prepare the dataset again")
                 im.load()
                 return im
-        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
             # The zip was read fine when training started: it was cut short or replaced since.
             raise UserError(f"dataset {self.path!r} is damaged or was changed while in use ({type(e).__name__}: "
-                            f"{e}, reading {name}); restore it or prepare it again, then continue the run with "
-                            f"--resume latest") from None
-        except (OSError, SyntaxError, ValueError, KeyError) as e:
-            raise UserError(f"dataset {self.path!r}: cannot read {name} ({e}); prepare the dataset again") from None
+                            f"{_short(e)}, reading {name}); restore it or prepare it again, then continue the run "
+                            f"with --resume latest") from None
+        except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError, struct.error,
+                Image.DecompressionBombError) as e:  # what Pillow raises for a damaged picture
+            raise UserError(f"dataset {self.path!r}: cannot read {name} ({_short(e)}); prepare the dataset "
+                            "again") from None
 
     def close(self) -> None:
         if self._zip is not None:
@@ -154,10 +187,22 @@ class ImageDataset:
         if "dataset.json" not in self._all_names:
             return None
         try:
-            with self._open("dataset.json") as f:
-                doc = json.load(f)
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"dataset {self.path!r}: dataset.json is not valid JSON ({e})") from None
+            if self._type == "zip":
+                text = read_record(self._zipfile(), "dataset.json", self.path)
+            else:
+                with self._open("dataset.json") as f:
+                    text = f.read()
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, NotImplementedError, RuntimeError,
+                zipfile.BadZipFile) as e:
+            raise UserError(f"dataset {self.path!r}: dataset.json cannot be read ({_short(e)}); prepare the "
+                            "dataset again") from None
+        try:
+            doc = json.loads(text)
+        except RecursionError:
+            raise UserError(f"dataset {self.path!r}: dataset.json is nested too deeply to be a list of "
+                            "labels") from None
+        except ValueError as e:
+            raise UserError(f"dataset {self.path!r}: dataset.json is not valid JSON ({_short(e)})") from None
         if not isinstance(doc, dict):
             raise UserError(f"dataset {self.path!r}: dataset.json must hold an object with 'labels'")
         raw = doc.get("labels")
@@ -173,9 +218,14 @@ class ImageDataset:
         values = [table[n] for n in self._image_fnames]
         names = doc.get("class_names")
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            ints = np.asarray(values, dtype=np.int64)
-            if ints.min(initial=0) < 0:
+            if any(v < 0 for v in values):
                 raise UserError(f"dataset {self.path!r}: dataset.json holds a negative class label")
+            # Each sample's label becomes a one-hot vector of max + 1 values: a label of 10**12 would ask for
+            # terabytes.
+            if any(v >= MAX_CLASSES for v in values):
+                raise UserError(f"dataset {self.path!r}: dataset.json holds the class label {max(values)}; class "
+                                f"labels are 0..{MAX_CLASSES - 1}, one per class, counted from 0")
+            ints = np.asarray(values, dtype=np.int64)
             dim = int(ints.max(initial=-1)) + 1
             if isinstance(names, list) and len(names) >= dim:
                 self.class_names = [str(c) for c in names]
@@ -185,7 +235,7 @@ class ImageDataset:
             return ints
         try:
             floats = np.asarray(values, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"dataset {self.path!r}: labels must all be integers or all be equal-length number lists") from None
         if floats.ndim != 2:
             raise UserError(f"dataset {self.path!r}: labels must all be integers or all be equal-length number lists")
@@ -221,7 +271,7 @@ class ImageDataset:
     def _load_raw_image(self, raw_idx: int) -> np.ndarray:
         """-> uint8 [C, H, W]."""
         name = self._image_fnames[raw_idx]
-        im = self._read_pil(name)
+        im = self._read_pil(name, size=(self._raw_shape[3], self._raw_shape[2]))
         want = "L" if self.num_channels == 1 else "RGB"
         if im.mode != want:
             from engine.data.imaging import to_channels

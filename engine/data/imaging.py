@@ -12,6 +12,7 @@ import os
 import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,7 @@ def process_item(item, opts: Options):
             if os.path.getsize(item.ref) == 0:
                 return Skip(ZERO_BYTES)
             fp = open(item.ref, "rb")
-    except (OSError, KeyError, RuntimeError, zipfile.BadZipFile) as e:
+    except (OSError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as e:
         return Skip(UNREADABLE, _short(e))
     with fp:
         return _decode(fp, opts)
@@ -133,6 +134,10 @@ def process_item(item, opts: Options):
 def _short(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+# What decoding a damaged picture raises; a zip member also fails its CRC check or inflation while it is read.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zipfile.BadZipFile, zlib.error)
 
 
 def _decode(fp, opts: Options):
@@ -145,7 +150,7 @@ def _decode(fp, opts: Options):
             return Skip(BOMB, _short(e) + _RAISE_LIMIT)
         except UnidentifiedImageError:
             return Skip(NOT_AN_IMAGE, "not a picture format that Pillow reads")
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        except _DECODE_ERRORS as e:
             return Skip(TRUNCATED if _looks_truncated(e) else UNREADABLE, _short(e))
         w, h = im.size
         if w * h > opts.max_pixels:
@@ -168,7 +173,7 @@ def _decode(fp, opts: Options):
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             return Skip(BOMB, _short(e) + _RAISE_LIMIT)
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        except _DECODE_ERRORS as e:
             return Skip(TRUNCATED if _looks_truncated(e) else UNREADABLE, _short(e))
         try:
             im = ImageOps.exif_transpose(im) if orientation != 1 else im

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from engine.data import LABEL_MODES
+from engine.data.dataset import read_record
 from engine.data.imaging import UNSAFE_PATH
 from engine.errors import UserError
 
@@ -158,8 +159,8 @@ def _open_zip(path: Path, labels: str) -> Source:
             json_labels = None
             if "dataset.json" in names:
                 names.remove("dataset.json")
-                json_labels = _read_dataset_json(zf.read("dataset.json"), f"{path}:dataset.json")
-    except (zipfile.BadZipFile, OSError) as e:
+                json_labels = _read_dataset_json(read_record(zf, "dataset.json", path), f"{path}:dataset.json")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
         raise UserError(f"cannot read zip {str(path)!r}: {e}") from None
     items = [Item(n, "zip", n) for n in names]
     src = Source(str(path), "zip", items, zip_path=str(path.resolve()), root=str(path.resolve()))

@@ -13,6 +13,7 @@ import torch
 from engine.nets.discriminator import Discriminator
 from engine.nets.generator import Generator
 from engine.errors import UserError
+from engine.ops.reference import activation_funcs
 
 # NVIDIA constructor arguments that only choose an execution strategy with identical results.
 _IGNORED_KWARGS = {"fused_modconv_default", "class_name"}
@@ -53,6 +54,11 @@ def check_network_settings(kwargs, path, what):
                 raise UserError(f"{path}: {what} setting {key} is a list of {len(value)} entries (at most 64)")
             for v in value:
                 visit(v, key, depth + 1)
+        elif key == "activation" and value is not None:
+            # Checked only when the network first runs otherwise.
+            if not isinstance(value, str) or value not in activation_funcs:
+                raise UserError(f"{path}: {what} setting activation={str(value)[:40]!r} is not one of "
+                                f"{', '.join(sorted(activation_funcs))}")
         elif key in _INT_LIMITS and value is not None:
             lo, hi = _INT_LIMITS[key]
             if isinstance(value, bool) or not isinstance(value, int):

@@ -18,6 +18,7 @@ import collections
 import io
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -152,7 +153,7 @@ class TFNetwork:
             for entry in net.variables:
                 if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
                         and isinstance(entry[1], np.ndarray)):
-                    raise pickle.UnpicklingError("TF network variable that is not a (name, array) pair")
+                    raise ValueError("its TF network has a variable that is not a (name, array) pair")
                 out[prefix + entry[0]] = entry[1]
             for comp_name, comp in net.components.items():
                 if isinstance(comp, TFNetwork):
@@ -194,13 +195,17 @@ def check_zip_expansion(source, what):
     try:
         with zipfile.ZipFile(source) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{what} is a damaged zip archive ({e})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise ValueError(f"{what} is a damaged zip archive ({first_line(e)})") from None
     finally:
         if hasattr(source, "seek"):
             source.seek(0)
     total = 0
     for info in infos:
+        # zipfile asks the file for a whole record in one read of its declared size.
+        if info.compress_size > size:
+            raise ValueError(f"{what}: record {_text(info.filename)!r} claims {info.compress_size:,} bytes in an "
+                             f"archive of {size:,}")
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_ZIP_EXPANSION * max(info.compress_size, 1):
             raise ValueError(f"{what}: record {_text(info.filename)!r} would inflate from {info.compress_size:,} to "
                              f"{info.file_size:,} bytes")
@@ -217,7 +222,11 @@ def _load_from_bytes(b):
     if bytes(b[:4]) == b"PK\x03\x04":
         check_zip_expansion(payload, "a storage inside the file")
     # The payload is itself a torch.save archive; torch's weights-only loader keeps the restriction intact.
-    storage = torch.load(payload, weights_only=True, map_location="cpu")
+    try:
+        storage = torch.load(payload, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises assertions, key and type errors as well as its own for a damaged archive
+        raise pickle.UnpicklingError(f"a storage inside the file cannot be read ({type(e).__name__}: "
+                                     f"{first_line(e)})") from None
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError("storage payload did not hold a storage")
     return storage
@@ -364,18 +373,67 @@ def resolve_global(module, name):
     raise UnsafeGlobalError(f"{module}.{name}")
 
 
+class _BoundedReader:
+    """A binary file whose reads never ask for more than what is left in it.
+
+    A length field of 2**63 in a pickle makes the reader ask the file for that many bytes, and the file allocates
+    its buffer before it finds out how few there are. Reads go straight through, so the position stays the
+    caller's (torch reads on after the pickle in its legacy format).
+    """
+
+    def __init__(self, f):
+        self._f = f
+        pos = f.tell()
+        f.seek(0, io.SEEK_END)
+        self._size = f.tell()
+        f.seek(pos)
+
+    def left(self):
+        return max(0, self._size - self._f.tell())
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return self._f.read()
+        if n > 1 << 16:  # a small read cannot allocate much; only large ones need the look at what is left
+            n = min(n, self.left())
+        return self._f.read(n)
+
+    def readinto(self, b):
+        return self._f.readinto(b)
+
+    def readline(self, size=-1):
+        return self._f.readline(size)
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """pickle's unpickler that resolves globals only through the allow-list above.
 
     Built on the pure-Python unpickler, whose memo is a dict: the C one grows an array to the largest memo index
-    a file names, so that 9 bytes (one PUT with index 2**25) allocate 512 MB.
+    a file names, so that 9 bytes (one PUT with index 2**25) allocate 512 MB. Its reads are bounded by what the
+    file holds (_BoundedReader).
     """
 
     # No persistent_load here: a plain pickle with persistent ids is refused by pickle itself, and torch.load
     # assigns its own for its archive formats.
 
+    def __init__(self, file, **kwargs):
+        self._bounded = _BoundedReader(file)
+        super().__init__(self._bounded, **kwargs)
+
     def find_class(self, module, name):
         return resolve_global(module, name)
+
+    def _load_bytearray8(self):
+        # bytearray(N) is allocated before it is filled: N must be there to be read.
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._bounded.left():
+            raise pickle.UnpicklingError(f"a byte array of {n:,} bytes in a file with {self._bounded.left():,} left")
+        b = bytearray(n)
+        self.readinto(b)
+        self.append(b)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
 
 class _RestrictedPickleModule:
@@ -427,15 +485,23 @@ def read_pickle_or_user_error(path):
         return read_pickle(path)
     except UnsafeGlobalError as e:
         raise UserError(refuse_message(path, e.name)) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RuntimeError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+    except (UserError, RecursionError):  # RecursionError: load_network's own message
+        raise
+    except Exception as e:  # a crafted stream makes the unpickler and torch raise nearly anything
         # torch wraps errors raised inside find_class; look for ours in the chain.
         cause = e
         while cause is not None:
             if isinstance(cause, UnsafeGlobalError):
                 raise UserError(refuse_message(path, cause.name)) from None
             cause = cause.__cause__ or cause.__context__
-        raise UserError(f"{path} is not a network file that can be read ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path} is not a network file that can be read ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
+
+
+def first_line(e):
+    """The first line of an exception's message, at most 300 characters (torch's run to paragraphs)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -464,7 +530,7 @@ def iter_modules(obj, prefix="", _on_path=None):
     if len(on_path) >= MAX_MODULE_DEPTH:
         raise ModuleGraphError(f"its modules are nested more than {MAX_MODULE_DEPTH} levels deep")
     yield prefix, obj
-    children = module_state(obj).get("_modules") or {}
+    children = _entry(module_state(obj), "_modules", {})
     if not isinstance(children, dict):
         raise ModuleGraphError(f"module {prefix or '(top)'} lists its children in a {type(children).__name__}")
     on_path.add(id(obj))
@@ -475,18 +541,30 @@ def iter_modules(obj, prefix="", _on_path=None):
     on_path.discard(id(obj))
 
 
+def _entry(state, key, default):
+    # `state.get(key) or default` would ask a tensor found there for its truth value.
+    value = state.get(key)
+    return default if value is None else value
+
+
 def flat_state_dict(obj):
     """{dotted name: tensor} of all parameters and persistent buffers, as nn.Module.state_dict() names them."""
     out = collections.OrderedDict()
     for prefix, mod in iter_modules(obj):
         state = module_state(mod)
-        non_persistent = set(state.get("_non_persistent_buffers_set") or ())
+        non_persistent = _entry(state, "_non_persistent_buffers_set", set())
+        if not isinstance(non_persistent, (set, frozenset, list, tuple)):
+            raise ValueError(f"module {prefix or '(top)'} lists its non-persistent buffers in a "
+                             f"{type(non_persistent).__name__}")
         for kind in ("_parameters", "_buffers"):
-            for name, value in (state.get(kind) or {}).items():
+            tensors = _entry(state, kind, {})
+            if not isinstance(tensors, dict):
+                raise ValueError(f"module {prefix or '(top)'} keeps its {kind[1:]} in a {type(tensors).__name__}")
+            for name, value in tensors.items():
                 if value is None or (kind == "_buffers" and name in non_persistent):
                     continue
                 if not isinstance(value, torch.Tensor):
-                    raise UserError(f"network tensor {prefix}.{_text(name)} is not a tensor")
+                    raise ValueError(f"network tensor {prefix}.{_text(name)} is not a tensor")
                 full = f"{prefix}.{_text(name)}" if prefix else _text(name)
                 check_tensor_data(value, full)
                 out[full] = value.detach()
@@ -496,8 +574,11 @@ def flat_state_dict(obj):
 def init_arguments(obj):
     """(args tuple, kwargs dict) the persistent object was constructed with, EasyDicts as plain dicts."""
     state = module_state(obj)
-    args = state.get("_init_args") or ()
-    kwargs = state.get("_init_kwargs") or {}
+    args = _entry(state, "_init_args", ())
+    kwargs = _entry(state, "_init_kwargs", {})
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+        raise ValueError(f"its {_text(class_name(obj))} records its constructor arguments as a "
+                         f"{type(args).__name__} and a {type(kwargs).__name__}")
     return tuple(args), to_plain(dict(kwargs))
 
 
