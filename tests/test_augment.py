@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.train.augment import (PIPES, AdaController, AugmentPipe, band_filters, make_pipe, rotate2d, scale2d,
-                                  symlet_lowpass, translate2d)
+from engine.ops.filters import band_filters, symlet_lowpass
+from engine.train.augment import (PIPES, AdaController, AugmentPipe, make_pipe, rotate2d, scale2d,
+                                  translate2d)
 
 
 def smooth_images(n=4, c=3, res=16, seed=0):

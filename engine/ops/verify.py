@@ -127,7 +127,7 @@ UPFIRDN2D_CASES = [
 
 def _filters(torch):
     from engine.ops.reference import setup_filter
-    from engine.train.augment import symlet_lowpass
+    from engine.ops.filters import symlet_lowpass
 
     sym6 = torch.as_tensor(symlet_lowpass(6), dtype=torch.float32)  # the augmentation's 12-tap filter, 1-D
     return {"4tap": setup_filter([1, 3, 3, 1]), "12tap": sym6 / sym6.sum(), None: None}
@@ -310,10 +310,11 @@ def describe(v):
 # --------------------------------------------------------------------------------------- verdicts on disk
 
 def _check_key(device):
-    """What a verdict depends on besides the build folder: this check, the reference code, the test hook, the GPU."""
+    """What a verdict depends on besides the build folder: this check, the reference code (reference.py), the
+    autograd wrappers and entry points, the filters the cases use, the test hook, the GPU."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for rel in ("verify.py", "fused.py", "bias_act.py", "upfirdn2d.py"):
+    for rel in ("verify.py", "reference.py", "fused.py", "bias_act.py", "upfirdn2d.py", "filters.py"):
         h.update((here / rel).read_bytes())
     h.update(json.dumps(sorted(faults().items())).encode())
     if device == "cuda":
