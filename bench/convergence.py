@@ -192,7 +192,8 @@ class Evaluator:
 
 
 def save_grid(G, path, count):
-    from engine.generate import generate_images, make_grid, save_image
+    from engine.generate import generate_images
+    from engine.media import make_grid, save_image
 
     cols = min(count, 8)
     rows = -(-count // cols)

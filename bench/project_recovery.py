@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine import generate as gen  # noqa: E402
-from engine import project as proj  # noqa: E402
 from engine.checkpoint import load_network  # noqa: E402
+from engine.commands import common  # noqa: E402
+from engine import project as proj  # noqa: E402
 
 
 def main():
@@ -39,7 +40,7 @@ def main():
     _, w_std = proj.w_statistics(G)
     start = gen.synthesize(G, proj.w_statistics(G)[0].repeat(1, G.num_ws, 1))[0]
     rows = []
-    for seed in gen.parse_seeds(args.seeds):
+    for seed in common.parse_seeds(args.seeds):
         ws_true = gen.seeds_to_ws(G, [seed])
         target = gen.synthesize(G, ws_true)[0]
         t0 = time.perf_counter()

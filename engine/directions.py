@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.generate import parse_seeds
+from engine.commands.common import parse_seeds
 
 METHODS = ("sefa", "pca")
 SCALE_SAMPLES = 2000
@@ -113,7 +113,7 @@ def compute(G, method="sefa", num=10, layers=None, seed=0, class_idx=None, sampl
 
 
 def save(path, result, G, overwrite=False):
-    from engine.generate import _atomic_write, check_can_write
+    from engine.media import atomic_write, check_can_write
     from engine.latents import network_identity
 
     path = Path(path)
@@ -133,7 +133,7 @@ def save(path, result, G, overwrite=False):
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def load(path, G):

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.generate import MAX_SEED, class_vector, seed_to_z, synthesize
+from engine.generate import class_vector, seed_to_z, synthesize
+from engine.commands.common import MAX_SEED
 
 
 @torch.no_grad()

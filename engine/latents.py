@@ -108,7 +108,7 @@ def check_identity(saved, G, source):
 
 def save_w(path, ws, G):
     """Write ws [N, num_ws, w_dim] as npz with NVIDIA's key 'w' plus our 'network' identity. Returns the Path."""
-    from engine.generate import _atomic_write
+    from engine.media import atomic_write
 
     w = torch.as_tensor(ws).detach().to("cpu", torch.float32).numpy()
     ident = json.dumps(network_identity(G))
@@ -117,7 +117,7 @@ def save_w(path, ws, G):
         with open(tmp, "wb") as f:
             np.savez(f, w=w, network=np.array(ident))
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def read_npz(path, what="latent file"):
@@ -209,7 +209,7 @@ def check_name(name):
 def _thumbnail(image):
     from PIL import Image
 
-    from engine.generate import to_pil
+    from engine.media import to_pil
 
     im = to_pil(image)
     if max(im.size) > THUMB_SIZE:
@@ -223,7 +223,8 @@ def save_latent(folder, name, ws, G, kind, image=None, overwrite=False, **detail
     kind: how it was made ('seed', 'projection', 'edit', ...); details: plain values (seed, psi, class, ...).
     image: np uint8 [H, W, C] that ws makes (rendered here when None). Returns the entry dict.
     """
-    from engine.generate import _atomic_write, synthesize
+    from engine.generate import synthesize
+    from engine.media import atomic_write
 
     name = check_name(name)
     ws = check_ws(ws, G, f"latent {name!r}")
@@ -239,8 +240,8 @@ def save_latent(folder, name, ws, G, kind, image=None, overwrite=False, **detail
              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_plain(details)}
     save_w(paths[0], ws, G)
     thumb = _thumbnail(image)
-    _atomic_write(paths[1], lambda tmp: thumb.save(tmp, format="PNG"))
-    _atomic_write(paths[2], lambda tmp: Path(tmp).write_text(json.dumps(entry, indent=1) + "\n"))
+    atomic_write(paths[1], lambda tmp: thumb.save(tmp, format="PNG"))
+    atomic_write(paths[2], lambda tmp: Path(tmp).write_text(json.dumps(entry, indent=1) + "\n"))
     return dict(entry, path=str(paths[0]), thumbnail=str(paths[1]))
 
 

@@ -11,7 +11,7 @@ Classes and their doors:
     nvidia       NVIDIA's PyTorch pickles                 engine.load_network
     tf           TF-era pickles                           engine.load_network
     safetensors  safetensors exports (+ their .json)      engine.load_network
-    dataset      prepared datasets (zip or folder)        ImageDataset (every sample), prepare.summary, preview_grid
+    dataset      prepared datasets (zip or folder)        ImageDataset (every sample), dataset.summary, preview_grid
     latents      projected_w.npz, directions, library     latents.load_w, directions.load, list_latents + load_latent
     uploads      the dashboard's upload handlers          Generate's network upload, Data's prepare,
                                                           Explore's projection
@@ -846,7 +846,7 @@ def door_dataset(path, seed, ctx):
     import numpy as np
 
     from engine.data.dataset import ImageDataset
-    from engine.data.prepare import preview_grid, summary
+    from engine.data.dataset import preview_grid, summary
 
     ds = ImageDataset(path, use_labels=True, xflip=True)
     try:

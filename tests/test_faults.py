@@ -16,6 +16,7 @@ from engine import fsutil
 from engine.errors import UserError
 from engine import runs
 from engine.train import runlock
+from engine.data.dataset import report_path as dataset_report_path
 from engine.train.launch import train
 from train_helpers import make_dataset, tiny_options
 
@@ -405,7 +406,7 @@ def old_pair(tmp_path):
 
     dest = tmp_path / "out" / "set.zip"
     prep.prepare(_pictures(tmp_path / "old", 3), dest, 8, workers=1)
-    report = prep.report_path(dest)
+    report = dataset_report_path(dest)
     return dest, {dest: dest.read_bytes(), report: report.read_bytes()}
 
 
@@ -435,7 +436,7 @@ def test_overwrite_failing_while_renaming_puts_the_old_pair_back(tmp_path, old_p
     real_replace = os.replace
 
     def replace(src, dst):
-        if str(src).endswith(".tmp") and Path(dst) == prep.report_path(dest):
+        if str(src).endswith(".tmp") and Path(dst) == dataset_report_path(dest):
             raise OSError(errno.EIO, "Input/output error")  # after the new dataset was renamed into place
         return real_replace(src, dst)
 
@@ -488,7 +489,9 @@ def test_zip_members_named_outside_the_archive_are_reported_not_dropped(tmp_path
         for name in ("ok.png", "../evil.png", "a/../../up.png", "/etc/abs.png", "C:\\\\win.png", long_name):
             zf.writestr(name, png.getvalue())
     result = prep.prepare(src, tmp_path / "out.zip", 8)
-    report = prep.read_report(tmp_path / "out.zip")
+    from engine.data.dataset import read_report
+
+    report = read_report(tmp_path / "out.zip")
     unsafe = sorted(s["path"] for s in report["skipped"] if s["reason"] == "unsafe-path")
     assert unsafe == sorted(["../evil.png", "a/../../up.png", "/etc/abs.png", "C:\\\\win.png"])
     assert all("outside the archive" in s["detail"] for s in report["skipped"])

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from engine import generate as gen
+from engine import generate as gen, media
 from engine.errors import UserError
 from engine.nets import Generator
 
@@ -38,33 +37,6 @@ def nvidia_image(G, seed, psi=1.0, c=None, noise_mode="const"):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("0,3,5-8", [0, 3, 5, 6, 7, 8]),
-    ("85", [85]),
-    (" 1 , 2 ,3", [1, 2, 3]),
-    ("4-4", [4]),
-    ("10-12,2", [10, 11, 12, 2]),
-    ("4294967295", [2 ** 32 - 1]),
-])
-def test_parse_seeds(text, expected):
-    assert gen.parse_seeds(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "a", "1,,2", "5-3", "-1", "1.5", "3-", "1-2-3", "4294967296", "0-100000000"])
-def test_parse_seeds_rejects_bad_text(text):
-    with pytest.raises(UserError) as e:
-        gen.parse_seeds(text)
-    assert "\n" not in str(e.value)
-
-
-def test_parse_grid():
-    assert gen.parse_grid("4x2") == (4, 2)
-    assert gen.parse_grid("1X3") == (1, 3)
-    for bad in ("4", "0x2", "axb", "4x", "200x200"):
-        with pytest.raises(UserError):
-            gen.parse_grid(bad)
 
 
 def test_seed_to_z_is_nvidias_rule():
@@ -124,43 +96,6 @@ def test_conditional_classes():
         gen.generate_images(G, [4], class_idx=-1)
 
 
-def test_make_grid_layout_row_by_row():
-    imgs = [np.full((2, 3, 1), i * 10, np.uint8) for i in range(5)]
-    grid = gen.make_grid(imgs, 3, 2)
-    assert grid.shape == (4, 9, 1)
-    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 10 and grid[0, 6, 0] == 20
-    assert grid[2, 0, 0] == 30 and grid[2, 3, 0] == 40
-    assert (grid[2:, 6:] == 0).all()  # empty cell
-    with pytest.raises(UserError):
-        gen.make_grid(imgs, 2, 2)
-
-
-@pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB"), (4, "RGBA")])
-def test_save_image_modes(tmp_path, channels, mode):
-    arr = np.random.RandomState(0).randint(0, 256, (8, 8, channels)).astype(np.uint8)
-    path = gen.save_image(arr, tmp_path / "sub" / "x.png")
-    with Image.open(path) as im:
-        assert im.mode == mode
-        back = np.asarray(im)
-    assert np.array_equal(back.reshape(arr.shape), arr)
-
-
-def test_save_image_refuses_unwritable_place(tmp_path):
-    (tmp_path / "f").write_text("x")
-    with pytest.raises(UserError, match="cannot write"):
-        gen.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "f" / "x.png")
-
-
-def test_check_can_write(tmp_path):
-    p = tmp_path / "a.png"
-    gen.check_can_write([p])
-    p.write_bytes(b"keep")
-    with pytest.raises(UserError, match="already exists.*--overwrite"):
-        gen.check_can_write([p, tmp_path / "b.png"])
-    gen.check_can_write([p], overwrite=True)
-    assert p.read_bytes() == b"keep"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Style mixing
 
@@ -204,40 +139,9 @@ def test_style_mix_ws_grid_mixes_any_latents():
     assert np.array_equal(cells[(1, 0)], gen.synthesize(G, mixed[None])[0])
     assert np.array_equal(grid[2 * h:, w:], cells[(1, 0)])
     # A name is written as it is (no "seed" before it): short names leave a narrower band than "seed 7".
-    seeds = gen.label_mix_grid(grid, [7, 8], [9])
-    named = gen.label_mix_grid(grid, ["x", "y"], [9])
+    seeds = media.label_mix_grid(grid, [7, 8], [9])
+    named = media.label_mix_grid(grid, ["x", "y"], [9])
     assert named.shape[1] < seeds.shape[1] and named.shape[0] == seeds.shape[0]
-
-
-def test_label_mix_grid_writes_seeds_and_keeps_pixels_sharp():
-    G = tiny_G()
-    rows, cols = [85, 100], [55, 821, 3]
-    grid, cells = gen.style_mix_grid(G, rows, cols, [0, 1])
-    fig = gen.label_mix_grid(grid, rows, cols, min_cell=64)
-    h = w = 16
-    s = 4  # 16 px cells enlarged by a whole factor to reach 64 px
-    top = fig.shape[0] - 3 * h * s
-    left = fig.shape[1] - 4 * w * s
-    assert fig.ndim == 3 and fig.shape[2] == 3 and top > 0 and left > 0
-    body = fig[top:, left:]
-    # Every enlarged pixel is a block of the original one (nearest neighbour, no smoothing).
-    assert np.array_equal(body[::s, ::s], grid) and np.array_equal(body[s - 1::s, s - 1::s], grid)
-    assert (body[:h * s, :w * s] == 255).all()  # white corner
-    # The label bands hold dark text over each column and beside each row, and nothing else but white.
-    band_top, band_left = fig[:top], fig[top:, :left]
-    assert (band_top[:, :left] == 255).all()
-    for j in range(1, 4):
-        assert band_top[:, left + j * w * s:left + (j + 1) * w * s].min() < 128, f"column {j} has no label"
-    for i in range(1, 3):
-        assert band_left[i * h * s:(i + 1) * h * s].min() < 128, f"row {i} has no label"
-    assert (band_left[:h * s] == 255).all()
-    # Grayscale and alpha images come out as RGB on white.
-    gray = gen.label_mix_grid(grid[:, :, :1], rows, cols, min_cell=16)
-    assert gray.shape[2] == 3 and np.array_equal(gray[-h:, -w:, 0], grid[-h:, -w:, 0])
-    rgba = np.concatenate([grid, np.zeros_like(grid[:, :, :1])], axis=2)  # fully transparent
-    assert (gen.label_mix_grid(rgba, rows, cols, min_cell=16)[-h:, -w:] == 255).all()
-    with pytest.raises(ValueError, match="equal cells"):
-        gen.label_mix_grid(grid[:-1], rows, cols)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,43 +204,32 @@ def test_interpolation_frames_start_and_end_on_the_seeds():
 # Video files
 
 
-def _frames(n, h=16, w=16, c=3):
-    rs = np.random.RandomState(0)
-    return [np.clip(rs.randint(0, 256, (h, w, c)), 0, 255).astype(np.uint8) for _ in range(n)]
-
-
-@pytest.mark.parametrize("channels", [1, 3, 4])
-def test_gif_loops_forever(tmp_path, channels):
-    path = gen.write_video(iter(_frames(5, c=channels)), tmp_path / "a.gif", fps=20)
-    with Image.open(path) as im:
-        assert im.n_frames == 5
-        assert im.info.get("loop") == 0
-        assert im.info.get("duration") == 50
-        assert im.size == (16, 16)
-
-
-def test_mp4_is_h264_yuv420p_with_even_size(tmp_path):
-    import subprocess
-
-    import imageio_ffmpeg
-
-    path = gen.write_video(iter(_frames(6, h=15, w=17, c=1)), tmp_path / "a.mp4", fps=12)
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    count = sum(1 for _ in reader)
-    assert count == 6
-    assert meta["size"] == (18, 16)
-    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                           capture_output=True, text=True)
-    assert "h264" in probe.stderr and "yuv420p" in probe.stderr
-
-
-def test_video_writer_rejects_bad_output(tmp_path):
-    with pytest.raises(UserError, match=r"\.gif or \.mp4"):
-        gen.write_video(_frames(2), tmp_path / "a.avi")
-    with pytest.raises(UserError, match="fps"):
-        gen.write_video(_frames(2), tmp_path / "a.gif", fps=0)
-    (tmp_path / "blocker").write_text("x")
-    with pytest.raises(UserError, match="cannot write"):
-        gen.write_video(_frames(2), tmp_path / "blocker" / "a.gif")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+def test_label_mix_grid_writes_seeds_and_keeps_pixels_sharp():
+    G = tiny_G()
+    rows, cols = [85, 100], [55, 821, 3]
+    grid, cells = gen.style_mix_grid(G, rows, cols, [0, 1])
+    fig = media.label_mix_grid(grid, rows, cols, min_cell=64)
+    h = w = 16
+    s = 4  # 16 px cells enlarged by a whole factor to reach 64 px
+    top = fig.shape[0] - 3 * h * s
+    left = fig.shape[1] - 4 * w * s
+    assert fig.ndim == 3 and fig.shape[2] == 3 and top > 0 and left > 0
+    body = fig[top:, left:]
+    # Every enlarged pixel is a block of the original one (nearest neighbour, no smoothing).
+    assert np.array_equal(body[::s, ::s], grid) and np.array_equal(body[s - 1::s, s - 1::s], grid)
+    assert (body[:h * s, :w * s] == 255).all()  # white corner
+    # The label bands hold dark text over each column and beside each row, and nothing else but white.
+    band_top, band_left = fig[:top], fig[top:, :left]
+    assert (band_top[:, :left] == 255).all()
+    for j in range(1, 4):
+        assert band_top[:, left + j * w * s:left + (j + 1) * w * s].min() < 128, f"column {j} has no label"
+    for i in range(1, 3):
+        assert band_left[i * h * s:(i + 1) * h * s].min() < 128, f"row {i} has no label"
+    assert (band_left[:h * s] == 255).all()
+    # Grayscale and alpha images come out as RGB on white.
+    gray = media.label_mix_grid(grid[:, :, :1], rows, cols, min_cell=16)
+    assert gray.shape[2] == 3 and np.array_equal(gray[-h:, -w:, 0], grid[-h:, -w:, 0])
+    rgba = np.concatenate([grid, np.zeros_like(grid[:, :, :1])], axis=2)  # fully transparent
+    assert (media.label_mix_grid(rgba, rows, cols, min_cell=16)[-h:, -w:] == 255).all()
+    with pytest.raises(ValueError, match="equal cells"):
+        media.label_mix_grid(grid[:-1], rows, cols)

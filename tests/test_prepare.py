@@ -23,6 +23,7 @@ from PIL import Image
 
 from engine.data import imaging
 from engine.data import prepare as prep
+from engine.data import dataset as dataset_files
 from engine.data.dataset import ImageDataset
 from engine.errors import UserError
 
@@ -411,7 +412,7 @@ def test_cifar_tarball(tmp_path):
             assert label.argmax() == y[row] and label.sum() == 1
             k += 1
     ds.close()
-    s = prep.summary(tmp_path / "cifar.zip")
+    s = dataset_files.summary(tmp_path / "cifar.zip")
     assert s["count"] == 10 and s["num_classes"] == 10 and sum(s["class_counts"].values()) == 10
 
 
@@ -464,14 +465,14 @@ def test_mnist_idx_gz_over_two_folders(tmp_path):
 def test_summary_and_preview_grid(corpus, tmp_path):
     root, _ = corpus
     prep.prepare(root, tmp_path / "s.zip", RES, labels="folders")
-    s = prep.summary(tmp_path / "s.zip")
+    s = dataset_files.summary(tmp_path / "s.zip")
     assert s["count"] == 10 and s["resolution"] == RES and s["channels"] == 3
     assert s["class_names"] == ["cats", "dogs", "misc"] and s["num_classes"] == 3 and s["label_dim"] == 3
     assert s["class_counts"] == {"cats": 5, "dogs": 5, "misc": 0}
     assert s["skipped_by_reason"]["no-label"] == 2 and s["kind"] == "zip"
-    grid = prep.preview_grid(tmp_path / "s.zip", rows=2, cols=4)
+    grid = dataset_files.preview_grid(tmp_path / "s.zip", rows=2, cols=4)
     assert grid.size == (4 * RES, 2 * RES) and grid.mode == "RGB"
-    small = prep.preview_grid(tmp_path / "s.zip", rows=5, cols=5, cell=8)
+    small = dataset_files.preview_grid(tmp_path / "s.zip", rows=5, cols=5, cell=8)
     assert small.size == (5 * 8, 2 * 8)  # 10 images fill two rows of five
 
 

@@ -45,8 +45,8 @@ def list_datasets(studio: Studio) -> list[Path]:
 
 
 def dataset_summary(path: Path) -> dict:
-    """engine.data.prepare.summary(path), cached while the file is unchanged."""
-    from engine.data.prepare import summary
+    """engine.data.dataset.summary(path), cached while the file is unchanged."""
+    from engine.data.dataset import summary
 
     key = str(path)
     mtime = path.stat().st_mtime
@@ -227,7 +227,8 @@ def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
 
     @friendly
     def do_prepare(src, files, folder_path, ds_name, res, max_n, tfm, ch, lab, dd, progress=gr.Progress()):
-        from engine.data.prepare import prepare, preview_grid
+        from engine.data.dataset import preview_grid
+        from engine.data.prepare import prepare
 
         ds_name = safe_name(ds_name, "dataset")
         dest = studio.datasets_dir / f"{ds_name}.zip"
@@ -291,7 +292,7 @@ def _datasets_events(studio: Studio, c: SimpleNamespace) -> None:
 
     @friendly
     def do_show(ds):
-        from engine.data.prepare import preview_grid
+        from engine.data.dataset import preview_grid
 
         if not ds:
             raise UserError("choose a dataset first")

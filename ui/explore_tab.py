@@ -242,7 +242,7 @@ def build(studio: Studio):
         import torch
 
         from engine import directions as dirs
-        from engine import generate as gen
+        from engine import generate as gen, media
 
         if not found_v:
             raise UserError("find directions first (the Find directions button)")
@@ -262,7 +262,7 @@ def build(studio: Studio):
         sweep = torch.cat([dirs.edit(ws, d, a, idx, found_v["scales"][k]) for a in np.linspace(lo, hi, n)])
         images = gen.synthesize(G, sweep, noise_mode=noise_v)
         out = studio.new_output_dir("direction") / f"direction{k}.gif"
-        return str(gen.write_video(images, out, fps=12))
+        return str(media.write_video(images, out, fps=12))
 
     gif_btn.click(on_gif, [network, current, found, gif_index, gif_range, gif_frames, layers, noise], gif_out,
                   api_name="explore_gif")
@@ -349,13 +349,13 @@ def build(studio: Studio):
 
     @friendly
     def on_walk(label, names_v, loop_v, noise_v):
-        from engine import generate as gen
+        from engine import media
         from engine import latents
 
         G = _G(studio, label)
         keys = latents.load_many(latents.library_folder(studio.workdir), str(names_v or "").split(","), G)
         frames = latents.walk_frames(G, keys, 16, "cubic", bool(loop_v), noise_mode=noise_v)
-        return str(gen.write_video(frames, studio.new_output_dir("latent-walk") / "walk.gif", fps=16))
+        return str(media.write_video(frames, studio.new_output_dir("latent-walk") / "walk.gif", fps=16))
 
     walk_btn.click(on_walk, [network, walk_names, walk_loop, noise], walk_out, api_name="explore_walk")
 

@@ -31,9 +31,9 @@ _cache_lock = threading.Lock()
 
 
 def device():
-    import torch
+    from engine.commands.common import resolve_device
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def snapshot_label(run: dict, kimg) -> str:
@@ -155,7 +155,7 @@ def describe(net: dict, label: str) -> str:
 
 
 def _seeds(text: str, what: str = "seeds", limit: int = MAX_SEEDS) -> list[int]:
-    from engine.generate import parse_seeds
+    from engine.commands.common import parse_seeds
 
     if not str(text or "").strip():
         raise UserError(f"no {what} given: type numbers such as 0-7 or 1,5,9")
@@ -420,7 +420,8 @@ def _images_events(studio: Studio, c: SimpleNamespace) -> None:
 
     @friendly
     def do_generate(label, seeds_text, psi_v, cls, noise_v, saved_v=None, progress=gr.Progress()):
-        from engine.generate import generate_images, make_grid, save_image, synthesize
+        from engine.generate import generate_images, synthesize
+        from engine.media import make_grid, save_image
 
         net = load(studio, label)
         G = net["G_ema"]
@@ -467,7 +468,8 @@ def _video_events(studio: Studio, c: SimpleNamespace) -> None:
     @friendly
     def do_video(label, seeds_text, frames, fps, space, kind, loop, fmt, psi_v, cls, noise_v, saved_v=None,
                  progress=gr.Progress()):
-        from engine.generate import check_interpolation, count_frames, interpolation_frames, write_video
+        from engine.generate import check_interpolation, count_frames, interpolation_frames
+        from engine.media import write_video
         from engine.latents import walk_frames
 
         net = load(studio, label)
@@ -541,7 +543,9 @@ def _mixing_events(studio: Studio, c: SimpleNamespace) -> None:
     @friendly
     def do_mix(label, rows_text, cols_text, styles_text, psi_v, noise_v, rows_saved=None, cols_saved=None,
                progress=gr.Progress()):
-        from engine.generate import label_mix_grid, parse_seeds, save_image, style_mix_ws_grid
+        from engine.generate import style_mix_ws_grid
+        from engine.media import label_mix_grid, save_image
+        from engine.commands.common import parse_seeds
 
         net = load(studio, label)
         G = net["G_ema"]

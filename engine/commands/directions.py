@@ -22,19 +22,21 @@ def run(args):
     from pathlib import Path
 
     from engine import directions as dirs
-    from engine import generate as gen
+    from engine import media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine.errors import UserError
 
     out = Path(args.out)
     if out.suffix.lower() != ".npz":
         raise UserError(f"--out {out}: the name must end in .npz")
-    gen.check_can_write([out], args.overwrite)
+    media.check_can_write([out], args.overwrite)
     if args.samples < 2:
         raise UserError(f"--samples {args.samples} must be at least 2")
     if args.layers is not None and args.method == "pca":
         raise UserError("--layers chooses affines for sefa; pca directions use all of w (choose layers in edit)")
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     t0 = time.perf_counter()
     result = dirs.compute(G, args.method, args.num, layers=args.layers, seed=args.seed, class_idx=args.class_idx,
                           samples=args.samples)

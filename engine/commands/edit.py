@@ -33,7 +33,9 @@ def run(args):
     import torch
 
     from engine import directions as dirs
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine import latents
     from engine.errors import UserError
 
@@ -50,9 +52,9 @@ def run(args):
         raise UserError(f"--frames {args.frames} is out of range: use 2..1000")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed {args.seed} must be 0 or more")
-    gen.check_can_write(targets, args.overwrite)
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    media.check_can_write(targets, args.overwrite)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     found = dirs.load(args.directions, G)
     k = len(found["directions"])
     if not 0 <= args.index < k:
@@ -65,7 +67,7 @@ def run(args):
     d, scale = found["directions"][args.index], float(found["scales"][args.index])
     edited = dirs.edit(ws, d, args.strength, layers, scale)
     image = gen.synthesize(G, edited, noise_mode=args.noise_mode)[0]
-    gen.save_image(image, outdir / "edit.png")
+    media.save_image(image, outdir / "edit.png")
     latents.save_w(outdir / "edit.npz", edited, G)
     print(f"wrote {outdir / 'edit.png'} and {outdir / 'edit.npz'} (direction {args.index}, strength "
           f"{args.strength:g}, layers {args.layers or 'all'})")
@@ -73,7 +75,7 @@ def run(args):
         strengths = np.linspace(lo, hi, args.frames)
         sweep = torch.cat([dirs.edit(ws, d, a, layers, scale) for a in strengths])
         frames = gen.synthesize(G, sweep, noise_mode=args.noise_mode)
-        path = gen.write_video(frames, args.gif, fps=args.fps)
+        path = media.write_video(frames, args.gif, fps=args.fps)
         print(f"wrote {path} ({args.frames} frames, strength {lo:g} to {hi:g})")
     return 0
 

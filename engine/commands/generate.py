@@ -39,15 +39,17 @@ def add_arguments(parser):
 def run(args):
     from pathlib import Path
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine.errors import UserError
 
     if args.projected_w is not None:
         return _run_projected(args)
     if args.seeds is None:
         raise UserError("give --seeds (e.g. 0,3,5-8) or --projected-w FILE")
-    seeds = gen.parse_seeds(args.seeds)
-    grid = gen.parse_grid(args.grid) if args.grid else None
+    seeds = common.parse_seeds(args.seeds)
+    grid = common.parse_grid(args.grid) if args.grid else None
     if grid and len(seeds) > grid[0] * grid[1]:
         raise UserError(f"{len(seeds)} seeds do not fit grid {args.grid} ({grid[0] * grid[1]} cells): "
                         "use a larger grid or fewer seeds")
@@ -57,17 +59,17 @@ def run(args):
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--outdir {outdir} is a file, not a folder")
     targets = [outdir / f"seed{s:04d}.png" for s in seeds] + ([outdir / "grid.png"] if grid else [])
-    gen.check_can_write(targets, args.overwrite)
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    media.check_can_write(targets, args.overwrite)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     warn_unused_class(G, args.class_idx)
     images = gen.generate_images(G, seeds, psi=args.trunc, cutoff=args.trunc_cutoff, class_idx=args.class_idx,
                                  noise_mode=args.noise_mode, batch=args.batch)
     for seed, img in zip(seeds, images):
-        gen.save_image(img, outdir / f"seed{seed:04d}.png")
+        media.save_image(img, outdir / f"seed{seed:04d}.png")
     print(f"wrote {len(images)} image{'s' if len(images) != 1 else ''} to {outdir}")
     if grid:
-        path = gen.save_image(gen.make_grid(images, *grid), outdir / "grid.png")
+        path = media.save_image(media.make_grid(images, *grid), outdir / "grid.png")
         print(f"wrote {path}")
     return 0
 
@@ -76,7 +78,9 @@ def _run_projected(args):
     """NVIDIA's --projected-w: one projNN.png per latent in the file (seeds and truncation do not apply)."""
     from pathlib import Path
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine.latents import load_w
     from engine.errors import UserError
 
@@ -85,13 +89,13 @@ def _run_projected(args):
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--outdir {outdir} is a file, not a folder")
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     ws = load_w(args.projected_w, G)
     targets = [outdir / f"proj{i:02d}.png" for i in range(ws.shape[0])]
-    gen.check_can_write(targets, args.overwrite)
+    media.check_can_write(targets, args.overwrite)
     images = gen.synthesize(G, ws, noise_mode=args.noise_mode, batch=max(args.batch, 1))
     for img, path in zip(images, targets):
-        gen.save_image(img, path)
+        media.save_image(img, path)
     print(f"wrote {len(images)} image{'s' if len(images) != 1 else ''} from {args.projected_w} to {outdir}")
     return 0

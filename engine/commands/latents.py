@@ -31,12 +31,14 @@ def add_arguments(parser):
 
 def run(args):
     from engine import generate as gen
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine import latents
     from engine.errors import UserError
 
     folder = latents.library_folder(args.workdir)
     if args.action == "list":
-        G = gen.load_generator(args.network, gen.resolve_device(args.device)) if args.network else None
+        G = load_network(args.network, device=common.resolve_device(args.device))["G_ema"] if args.network else None
         entries = latents.list_latents(folder, G)
         if not entries:
             print(f"no saved latents in {folder}")
@@ -60,7 +62,7 @@ def run(args):
     if (args.seed is None) == (args.projected_w is None):
         raise UserError("latents save needs exactly one of --seed S or --projected-w FILE")
     latents.check_name(args.name)
-    G = gen.load_generator(args.network, gen.resolve_device(args.device))
+    G = load_network(args.network, device=common.resolve_device(args.device))["G_ema"]
     if args.projected_w:
         ws = latents.load_w(args.projected_w, G)[:1]
         details = {"source_file": str(args.projected_w)}
@@ -77,7 +79,9 @@ def run(args):
 def _walk(args, folder):
     from pathlib import Path
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine import latents
     from engine.errors import UserError
 
@@ -88,10 +92,10 @@ def _walk(args, folder):
         raise UserError(f"--output {out}: the name must end in .gif or .mp4")
     if args.frames_per_key < 1:
         raise UserError(f"--frames-per-key {args.frames_per_key} must be at least 1")
-    gen.check_can_write([out], args.overwrite)
-    G = gen.load_generator(args.network, gen.resolve_device(args.device))
+    media.check_can_write([out], args.overwrite)
+    G = load_network(args.network, device=common.resolve_device(args.device))["G_ema"]
     keys = latents.load_many(folder, args.names.split(","), G)
-    path = gen.write_video(latents.walk_frames(G, keys, args.frames_per_key, args.kind, args.loop), out,
+    path = media.write_video(latents.walk_frames(G, keys, args.frames_per_key, args.kind, args.loop), out,
                            fps=args.fps)
     n = gen.count_frames(keys.shape[0], args.frames_per_key, args.loop)
     print(f"wrote {path} ({n} frames through {keys.shape[0]} latents)")

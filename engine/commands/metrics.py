@@ -24,23 +24,6 @@ def add_arguments(parser):
     parser.add_argument("--no-record", action="store_true", help="do not append to the run folder's metric-*.jsonl")
 
 
-def _device(text):
-    import torch
-
-    from engine.errors import UserError
-
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UserError(f"--device '{text}' is not a device: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {text}: no CUDA GPU is available here; use --device cpu")
-    return device
-
-
 def run(args):
     import json
     import sys
@@ -58,7 +41,9 @@ def run(args):
         raise UserError(f"--batch {args.batch} must be at least 1")
     if not os.path.isfile(args.network):
         raise UserError(f"network '{args.network}' does not exist")
-    device = _device(args.device)
+    from engine.commands.common import resolve_device
+
+    device = resolve_device(args.device)
 
     from engine import load_network
 

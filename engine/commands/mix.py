@@ -19,22 +19,24 @@ def add_arguments(parser):
 def run(args):
     from pathlib import Path
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine.commands.generate import warn_unused_class
     from engine.errors import UserError
 
-    rows = gen.parse_seeds(args.rows, what="row seeds")
-    cols = gen.parse_seeds(args.cols, what="column seeds")
-    styles = gen.parse_seeds(args.styles, what="styles", max_value=10_000)
+    rows = common.parse_seeds(args.rows, what="row seeds")
+    cols = common.parse_seeds(args.cols, what="column seeds")
+    styles = common.parse_seeds(args.styles, what="styles", max_value=10_000)
     if len(rows) * len(cols) > 2500:
         raise UserError(f"{len(rows)} x {len(cols)} cells is too large a grid (at most 2500 cells)")
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--outdir {outdir} is a file, not a folder")
     targets = [outdir / "grid.png"] + [outdir / f"{r}-{c}.png" for r in rows for c in cols]
-    gen.check_can_write(targets, args.overwrite)
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    media.check_can_write(targets, args.overwrite)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     warn_unused_class(G, args.class_idx)
     bad = [s for s in styles if s >= G.num_ws]
     if bad:
@@ -43,7 +45,7 @@ def run(args):
     grid, cells = gen.style_mix_grid(G, rows, cols, styles, psi=args.trunc, cutoff=args.trunc_cutoff,
                                      class_idx=args.class_idx, noise_mode=args.noise_mode, batch=args.batch)
     for (r, c), img in cells.items():
-        gen.save_image(img, outdir / f"{r}-{c}.png")
-    path = gen.save_image(grid, outdir / "grid.png")
+        media.save_image(img, outdir / f"{r}-{c}.png")
+    path = media.save_image(grid, outdir / "grid.png")
     print(f"wrote {path} and {len(cells)} cell images")
     return 0

@@ -32,10 +32,11 @@ def run(args):
 
     import numpy as np
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine import latents
     from engine import project as proj
-    from engine.checkpoint import load_network
     from engine.errors import UserError
 
     if not 1 <= args.steps <= proj.MAX_STEPS:
@@ -44,10 +45,10 @@ def run(args):
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--outdir {outdir} is a file, not a folder")
     names = ["projected_w.npz", "proj.png", "target.png"] + (["proj.mp4"] if args.save_video else [])
-    gen.check_can_write([outdir / n for n in names], args.overwrite)
+    media.check_can_write([outdir / n for n in names], args.overwrite)
     if args.save_video:
-        gen._require_ffmpeg(outdir / "proj.mp4")
-    device = gen.resolve_device(args.device)
+        media.require_ffmpeg(outdir / "proj.mp4")
+    device = common.resolve_device(args.device)
     nets = load_network(args.network, device=device)
     G = nets["G_ema"]
     if int(G.c_dim) > 0 and args.class_idx is not None:
@@ -68,8 +69,8 @@ def run(args):
     final = s.ws
     Gp = run_.G  # holds the optimised noise maps
     image = gen.synthesize(Gp, final, noise_mode="const")[0]
-    gen.save_image(target, outdir / "target.png")
-    gen.save_image(image, outdir / "proj.png")
+    media.save_image(target, outdir / "target.png")
+    media.save_image(image, outdir / "proj.png")
     latents.save_w(outdir / "projected_w.npz", final, G)
     if args.save_video:
         def frames():
@@ -79,7 +80,7 @@ def run(args):
                     ws = ws.repeat(1, G.num_ws, 1)
                 yield np.concatenate([target, gen.synthesize(Gp, ws, noise_mode="const")[0]], axis=1)
 
-        gen.write_video(frames(), outdir / "proj.mp4", fps=args.fps)
+        media.write_video(frames(), outdir / "proj.mp4", fps=args.fps)
     print(f"psnr {proj.psnr(image, target):.2f} dB against target.png")
     print(f"wrote {', '.join(names)} to {outdir}")
     return 0

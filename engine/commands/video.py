@@ -24,15 +24,17 @@ def add_arguments(parser):
 def run(args):
     from pathlib import Path
 
-    from engine import generate as gen
+    from engine import generate as gen, media
+    from engine.checkpoint import load_network
+    from engine.commands import common
     from engine.commands.generate import warn_unused_class
     from engine.errors import UserError
 
     output = Path(args.output)
     if output.suffix.lower() not in (".gif", ".mp4"):
         raise UserError(f"--output {output}: the name must end in .gif or .mp4")
-    seeds = gen.parse_seeds(args.seeds)
-    grid = gen.parse_grid(args.grid)
+    seeds = common.parse_seeds(args.seeds)
+    grid = common.parse_grid(args.grid)
     kind = gen.check_interpolation(args.space, args.kind)
     if args.frames_per_seed < 1:
         raise UserError(f"--frames-per-seed {args.frames_per_seed} must be at least 1")
@@ -46,15 +48,15 @@ def run(args):
         raise UserError(f"--seeds {args.seeds}: an interpolation needs at least 2 seeds per grid cell (or --loop)")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output} already exists: choose another --output or add --overwrite to replace it")
-    gen.check_can_write([output], overwrite=True)
-    device = gen.resolve_device(args.device)
-    G = gen.load_generator(args.network, device)
+    media.check_can_write([output], overwrite=True)
+    device = common.resolve_device(args.device)
+    G = load_network(args.network, device=device)["G_ema"]
     warn_unused_class(G, args.class_idx)
     frames = gen.interpolation_frames(G, seeds, frames_per_seed=args.frames_per_seed, space=args.space, kind=kind,
                                       loop=args.loop, psi=args.trunc, cutoff=args.trunc_cutoff,
                                       class_idx=args.class_idx, noise_mode=args.noise_mode, grid=grid,
                                       batch=args.batch)
-    path = gen.write_video(frames, output, fps=args.fps)
+    path = media.write_video(frames, output, fps=args.fps)
     n = gen.count_frames(keys, args.frames_per_seed, args.loop)
     print(f"wrote {path} ({n} frames, {args.space} space, {kind})")
     return 0

@@ -1,6 +1,7 @@
 """Datasets: preparing pictures into NVIDIA's dataset layout and reading one back.
 
-engine.data.prepare  -- prepare(), summary(), preview_grid(), report_path()
+engine.data.prepare  -- prepare()
+engine.data.dataset  -- ImageDataset, and for display summary(), preview_grid(), report_path(), read_report()
 engine.data.dataset  -- ImageDataset (for training, through torch's DataLoader)
 engine.data.sources  -- folder, zip, built-in emoji, CIFAR-10 and MNIST sources
 engine.data.imaging  -- one picture -> one training image (colour, EXIF, crop/pad/stretch)

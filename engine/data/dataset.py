@@ -11,6 +11,7 @@ pickled with the dataset.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import struct
@@ -320,3 +321,98 @@ class ImageDataset:
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.path!r}, {len(self)} samples, shape {self.image_shape}, label_dim {self.label_dim})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report prepare writes beside a dataset
+
+
+def report_path(dest: str | os.PathLike) -> Path:
+    """Where the report of a dataset lives: beside it, cats.zip -> cats.report.json, cats/ -> cats.report.json."""
+    p = Path(dest)
+    if p.suffix.lower() == ".zip":
+        return p.with_name(p.name[: -len(p.suffix)] + ".report.json")
+    return p.with_name(p.name.rstrip("/") + ".report.json")
+
+
+def read_report(dest: str | os.PathLike) -> dict | None:
+    """The report of a prepared dataset, or None when there is none (NVIDIA's datasets have none)."""
+    try:
+        return json.loads(report_path(dest).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading back: what the dashboard shows about a prepared dataset.
+
+
+def summary(path: str | os.PathLike) -> dict:
+    """A prepared dataset (ours or NVIDIA's, zip or folder) -> facts for display.
+
+    Keys: path, name, kind ('zip' | 'folder'), count, resolution, channels, label_dim, num_classes, has_labels,
+    class_names (list or None), class_counts ({name: count} or None), size_bytes, report (path or None),
+    skipped_by_reason ({} when there is no report).
+    """
+    ds = ImageDataset(path, use_labels=True)
+    try:
+        p = Path(path)
+        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        class_counts = None
+        num_classes = None
+        if ds.has_labels and ds.label_kind == "int":
+            num_classes = ds.label_dim
+            ints = ds.raw_int_labels()
+            counts = collections.Counter(ints.tolist())
+            names = ds.class_names or [str(c) for c in range(ds.label_dim)]
+            class_counts = {names[c] if c < len(names) else str(c): counts.get(c, 0) for c in range(ds.label_dim)}
+        rep = read_report(path)
+        return {
+            "path": str(path),
+            "name": ds.name,
+            "kind": "zip" if p.is_file() else "folder",
+            "count": len(ds),
+            "resolution": ds.resolution,
+            "channels": ds.num_channels,
+            "label_dim": ds.label_dim,
+            "num_classes": num_classes,
+            "has_labels": ds.has_labels,
+            "class_names": ds.class_names,
+            "class_counts": class_counts,
+            "size_bytes": size,
+            "report": str(report_path(path)) if rep is not None else None,
+            "skipped_by_reason": (rep or {}).get("skipped_by_reason", {}),
+        }
+    finally:
+        ds.close()
+
+
+def preview_grid(path: str | os.PathLike, rows: int = 4, cols: int = 8, seed: int = 0, cell: int | None = None):
+    """A grid of up to rows*cols images of a prepared dataset, picked at random with `seed` -> PIL image.
+
+    cell: side of each tile in pixels (default: the dataset's resolution, at most 128). Grey datasets give an
+    'L' image, colour ones 'RGB'.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if rows < 1 or cols < 1:
+        raise UserError(f"a preview grid needs at least one row and one column, got {rows}x{cols}")
+    ds = ImageDataset(path)
+    try:
+        n = min(len(ds), rows * cols)
+        idx = np.sort(np.random.RandomState(seed).choice(len(ds), n, replace=False))
+        cell = cell or min(ds.resolution, 128)
+        mode = "L" if ds.num_channels == 1 else "RGB"
+        use_rows = (n + cols - 1) // cols
+        use_cols = min(cols, n)
+        grid = Image.new(mode, (use_cols * cell, use_rows * cell), 0)
+        for k, i in enumerate(idx):
+            img, _ = ds[int(i)]
+            tile = Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode)
+            if tile.size != (cell, cell):
+                tile = tile.resize((cell, cell), Image.Resampling.LANCZOS if cell < tile.size[0] else Image.Resampling.NEAREST)
+            grid.paste(tile, ((k % cols) * cell, (k // cols) * cell))
+        return grid
+    finally:
+        ds.close()

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.generate import make_grid, save_image, to_pil, to_uint8
+from engine.generate import to_uint8
+from engine.media import make_grid, save_image, to_pil
 from engine.train import distributed
 
 

@@ -48,14 +48,10 @@ def dataset_facts(options: TrainOptions):
 
 
 def pick_device(options: TrainOptions):
-    want = (options.device or "auto").lower()
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA GPU")
-    if want not in ("cpu", "cuda"):
-        raise UserError(f"--device {options.device!r}: choose cpu, cuda or auto")
-    return want
+    """'cpu' or 'cuda' for --device (auto: cuda when torch sees a GPU)."""
+    from engine.commands.common import resolve_device
+
+    return resolve_device(options.device or "auto").type
 
 
 def _same_dataset(a: dict, b: dict):
