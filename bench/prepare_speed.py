@@ -28,14 +28,14 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="runs; the best is reported")
     args = parser.parse_args()
 
-    from engine.data.prepare import prepare, _default_workers
+    from engine.data.prepare import PrepareOptions, _default_workers, prepare
 
     best = None
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
             dest = Path(tmp) / f"run{r}.zip"
             t0 = time.perf_counter()
-            res = prepare(args.source, dest, args.resolution, workers=args.workers)
+            res = prepare(args.source, dest, PrepareOptions(resolution=args.resolution, workers=args.workers))
             seconds = time.perf_counter() - t0
             if best is None or seconds < best[0]:
                 best = (seconds, res, dest.stat().st_size)

@@ -405,7 +405,7 @@ def old_pair(tmp_path):
     from engine.data import prepare as prep
 
     dest = tmp_path / "out" / "set.zip"
-    prep.prepare(_pictures(tmp_path / "old", 3), dest, 8, workers=1)
+    prep.prepare(_pictures(tmp_path / "old", 3), dest, prep.PrepareOptions(resolution=8, workers=1))
     report = dataset_report_path(dest)
     return dest, {dest: dest.read_bytes(), report: report.read_bytes()}
 
@@ -425,7 +425,7 @@ def test_overwrite_failing_at_the_report_keeps_the_old_pair(tmp_path, old_pair, 
     dest, before = old_pair
     monkeypatch.setattr(prep, "_write_temp_report", _enospc)
     with pytest.raises(UserError, match="^the disk is full: .* the previous dataset and report, if any, are unchanged"):
-        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, 8, overwrite=True, workers=1)
+        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, prep.PrepareOptions(resolution=8, overwrite=True, workers=1))
     _assert_untouched(dest, before)
 
 
@@ -442,7 +442,7 @@ def test_overwrite_failing_while_renaming_puts_the_old_pair_back(tmp_path, old_p
 
     monkeypatch.setattr(prep.os, "replace", replace)
     with pytest.raises(OSError):
-        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, 8, overwrite=True, workers=1)
+        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, prep.PrepareOptions(resolution=8, overwrite=True, workers=1))
     monkeypatch.undo()
     _assert_untouched(dest, before)
 
@@ -453,7 +453,7 @@ def test_overwrite_failing_while_writing_images_keeps_the_old_pair(tmp_path, old
     dest, before = old_pair
     monkeypatch.setattr(prep._ZipWriter, "write", _enospc)
     with pytest.raises(UserError, match="^the disk is full"):
-        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, 8, overwrite=True, workers=1)
+        prep.prepare(_pictures(tmp_path / "new", 5, (10, 200, 10)), dest, prep.PrepareOptions(resolution=8, overwrite=True, workers=1))
     _assert_untouched(dest, before)
 
 
@@ -464,7 +464,7 @@ def test_prepare_checks_free_space_before_and_while_writing(tmp_path, old_pair, 
     source = _pictures(tmp_path / "new", 70, (10, 200, 10))
     monkeypatch.setattr(fsutil, "free_bytes", lambda path: 1000)  # not even the report fits
     with pytest.raises(UserError, match=r"^the disk is full: .* has 1.0 KB free but the dataset \(70 images\)"):
-        prep.prepare(source, dest, 8, overwrite=True, workers=1)
+        prep.prepare(source, dest, prep.PrepareOptions(resolution=8, overwrite=True, workers=1))
     _assert_untouched(dest, before)
     # Room at the start, then the disk fills up: the running check stops at image 64, not at the end.
     free = iter([10 ** 9] + [1000] * 100)
@@ -473,7 +473,7 @@ def test_prepare_checks_free_space_before_and_while_writing(tmp_path, old_pair, 
     real_write = prep._ZipWriter.write
     monkeypatch.setattr(prep._ZipWriter, "write", lambda self, n, b: (written.append(n), real_write(self, n, b)))
     with pytest.raises(UserError, match=r"^the disk is full: .* the rest of the dataset \(6 more pictures\)"):
-        prep.prepare(source, dest, 8, overwrite=True, workers=1)
+        prep.prepare(source, dest, prep.PrepareOptions(resolution=8, overwrite=True, workers=1))
     assert len(written) == 64
     _assert_untouched(dest, before)
 
@@ -488,7 +488,7 @@ def test_zip_members_named_outside_the_archive_are_reported_not_dropped(tmp_path
     with zipfile.ZipFile(src, "w") as zf:
         for name in ("ok.png", "../evil.png", "a/../../up.png", "/etc/abs.png", "C:\\\\win.png", long_name):
             zf.writestr(name, png.getvalue())
-    result = prep.prepare(src, tmp_path / "out.zip", 8)
+    result = prep.prepare(src, tmp_path / "out.zip", prep.PrepareOptions(resolution=8))
     from engine.data.dataset import read_report
 
     report = read_report(tmp_path / "out.zip")

@@ -23,6 +23,7 @@ from PIL import Image
 
 from engine.data import imaging
 from engine.data import prepare as prep
+from engine.data.prepare import PrepareOptions
 from engine.data import dataset as dataset_files
 from engine.data.dataset import ImageDataset
 from engine.errors import UserError
@@ -145,7 +146,7 @@ def near(pixel, rgb, tol=12):
 def test_messy_corpus_with_folder_labels_and_dedupe(corpus, tmp_path):
     root, expect = corpus
     calls = []
-    res = prep.prepare(root, tmp_path / "out.zip", RES, labels="folders", dedupe=True, progress=lambda d, t: calls.append((d, t)))
+    res = prep.prepare(root, tmp_path / "out.zip", PrepareOptions(resolution=RES, labels="folders", dedupe=True), progress=lambda d, t: calls.append((d, t)))
 
     # Summary: 9 written; every other file skipped with its reason.
     assert res.written == 9
@@ -209,7 +210,7 @@ def test_messy_corpus_with_folder_labels_and_dedupe(corpus, tmp_path):
 
 def test_no_labels_grey_keeps_everything_usable(corpus, tmp_path):
     root, _ = corpus
-    res = prep.prepare(root, tmp_path / "grey", RES, channels=1, labels="none", background="black")
+    res = prep.prepare(root, tmp_path / "grey", PrepareOptions(resolution=RES, channels=1, labels="none", background="black"))
     assert res.written == 11  # the duplicate and the top-level picture are kept now
     assert res.skipped_by_reason == {"decompression-bomb": 1, "not-an-image": 2, "too-small": 1, "truncated": 1, "zero-bytes": 1}
     assert (tmp_path / "grey.report.json").is_file()
@@ -235,7 +236,7 @@ def test_transforms_pad_stretch_wide(tmp_path):
 
     def out(**kw):
         dest = tmp_path / f"o{len(list(tmp_path.iterdir()))}.zip"
-        prep.prepare(src, dest, **kw)
+        prep.prepare(src, dest, PrepareOptions(**kw))
         return np.asarray(next(iter(read_zip_images(dest).values())))
 
     padded = out(resolution=16, transform="pad", pad_color="#0000ff")
@@ -254,21 +255,21 @@ def test_transforms_pad_stretch_wide(tmp_path):
 def test_options_are_checked_with_one_clear_line(corpus, tmp_path):
     root, _ = corpus
     with pytest.raises(UserError, match="not a power of two"):
-        prep.prepare(root, tmp_path / "a.zip", 48)
+        prep.prepare(root, tmp_path / "a.zip", PrepareOptions(resolution=48))
     with pytest.raises(UserError, match="give --resolution"):
-        prep.prepare(root, tmp_path / "a.zip")
+        prep.prepare(root, tmp_path / "a.zip", PrepareOptions())
     with pytest.raises(UserError, match="center-crop-wide needs --height"):
-        prep.prepare(root, tmp_path / "a.zip", 16, transform="center-crop-wide")
+        prep.prepare(root, tmp_path / "a.zip", PrepareOptions(resolution=16, transform="center-crop-wide"))
     with pytest.raises(UserError, match="differs from the width"):
-        prep.prepare(root, tmp_path / "a.zip", width=16, height=8)
+        prep.prepare(root, tmp_path / "a.zip", PrepareOptions(width=16, height=8))
     with pytest.raises(UserError, match="does not exist"):
-        prep.prepare(tmp_path / "nothing-here", tmp_path / "a.zip", 16)
+        prep.prepare(tmp_path / "nothing-here", tmp_path / "a.zip", PrepareOptions(resolution=16))
     with pytest.raises(UserError, match="not a colour"):
-        prep.prepare(root, tmp_path / "a.zip", 16, background="blurple")
+        prep.prepare(root, tmp_path / "a.zip", PrepareOptions(resolution=16, background="blurple"))
     with pytest.raises(UserError, match="inside the source"):
-        prep.prepare(root, root / "out.zip", 16)
+        prep.prepare(root, root / "out.zip", PrepareOptions(resolution=16))
     with pytest.raises(UserError, match="no sub-folders"):
-        prep.prepare(root / "misc", tmp_path / "a.zip", 16, labels="folders")
+        prep.prepare(root / "misc", tmp_path / "a.zip", PrepareOptions(resolution=16, labels="folders"))
     assert not (tmp_path / "a.zip").exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
 
@@ -279,20 +280,20 @@ def test_existing_dataset_is_never_overwritten_without_flag(tmp_path):
     dest = tmp_path / "d.zip"
     dest.write_bytes(b"precious")
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        prep.prepare(src, dest, 8)
+        prep.prepare(src, dest, PrepareOptions(resolution=8))
     assert dest.read_bytes() == b"precious"
     folder = tmp_path / "dfolder"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        prep.prepare(src, folder, 8)
+        prep.prepare(src, folder, PrepareOptions(resolution=8))
     assert (folder / "keep.txt").read_text() == "mine"
     # --overwrite replaces, and an empty folder is fine without it
-    assert prep.prepare(src, dest, 8, overwrite=True).written == 1
+    assert prep.prepare(src, dest, PrepareOptions(resolution=8, overwrite=True)).written == 1
     assert len(read_zip_images(dest)) == 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert prep.prepare(src, empty, 8).written == 1
+    assert prep.prepare(src, empty, PrepareOptions(resolution=8)).written == 1
 
 
 def test_nothing_written_is_an_error_and_touches_nothing(tmp_path):
@@ -302,24 +303,24 @@ def test_nothing_written_is_an_error_and_touches_nothing(tmp_path):
     (src / "b.jpg").write_text("not a jpeg")
     dest = tmp_path / "x.zip"
     with pytest.raises(UserError, match=r"no image was written .*skipped 2: 1 not-an-image, 1 zero-bytes"):
-        prep.prepare(src, dest, 8)
+        prep.prepare(src, dest, PrepareOptions(resolution=8))
     assert not dest.exists()
     report = json.loads((tmp_path / "x.report.json").read_text())
     assert report["written"] == 0 and len(report["skipped"]) == 2
     # an existing dataset stays, report and all, when a new run writes nothing
     good = tmp_path / "good"
     _save(Image.new("RGB", (16, 16)), good / "a.png")
-    prep.prepare(good, tmp_path / "y.zip", 8)
+    prep.prepare(good, tmp_path / "y.zip", PrepareOptions(resolution=8))
     before = (tmp_path / "y.zip").read_bytes(), (tmp_path / "y.report.json").read_bytes()
     with pytest.raises(UserError, match="no image was written"):
-        prep.prepare(src, tmp_path / "y.zip", 8, overwrite=True)
+        prep.prepare(src, tmp_path / "y.zip", PrepareOptions(resolution=8, overwrite=True))
     assert ((tmp_path / "y.zip").read_bytes(), (tmp_path / "y.report.json").read_bytes()) == before
 
 
 def test_zip_source_with_json_labels_round_trip(corpus, tmp_path):
     root, _ = corpus
-    first = prep.prepare(root, tmp_path / "first.zip", RES, labels="folders")
-    again = prep.prepare(tmp_path / "first.zip", tmp_path / "second", 8, labels="auto")
+    first = prep.prepare(root, tmp_path / "first.zip", PrepareOptions(resolution=RES, labels="folders"))
+    again = prep.prepare(tmp_path / "first.zip", tmp_path / "second", PrepareOptions(resolution=8, labels="auto"))
     assert again.label_mode == "json" and again.written == first.written
     assert again.class_names == ["cats", "dogs", "misc"]
     ds1 = ImageDataset(tmp_path / "first.zip", use_labels=True)
@@ -331,9 +332,9 @@ def test_zip_source_with_json_labels_round_trip(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_emoji_source_in_parallel_with_max_images_and_shuffle(tmp_path):
-    a = prep.prepare("emoji", tmp_path / "a.zip", 16, max_images=40, workers=2, shuffle_seed=3)
-    b = prep.prepare("emoji", tmp_path / "b.zip", 16, max_images=40, workers=2, shuffle_seed=3)
-    c = prep.prepare("emoji", tmp_path / "c.zip", 16, max_images=40, workers=2)
+    a = prep.prepare("emoji", tmp_path / "a.zip", PrepareOptions(resolution=16, max_images=40, workers=2, shuffle_seed=3))
+    b = prep.prepare("emoji", tmp_path / "b.zip", PrepareOptions(resolution=16, max_images=40, workers=2, shuffle_seed=3))
+    c = prep.prepare("emoji", tmp_path / "c.zip", PrepareOptions(resolution=16, max_images=40, workers=2))
     assert a.written == b.written == c.written == 40 and not a.skipped
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()  # deterministic
     files_a = [s for _, s in json.loads((tmp_path / "a.report.json").read_text())["files"]]
@@ -367,7 +368,7 @@ def test_decoder_crash_skips_only_that_picture(tmp_path, monkeypatch):
 
     monkeypatch.setattr(imaging, "process_item", crashing)
     monkeypatch.setattr(prep, "_mp_context", lambda: __import__("multiprocessing").get_context("fork"))
-    res = prep.prepare(src, tmp_path / "out.zip", 8, workers=2)
+    res = prep.prepare(src, tmp_path / "out.zip", PrepareOptions(resolution=8, workers=2))
     assert res.written == 39
     assert [(s["path"], s["reason"]) for s in res.skipped] == [("17.png", "decoder-crashed")]
     sources = [s for _, s in json.loads((tmp_path / "out.report.json").read_text())["files"]]
@@ -399,7 +400,7 @@ def make_cifar(path: Path, per_batch=2):
 
 def test_cifar_tarball(tmp_path):
     batches = make_cifar(tmp_path / "cifar-10-python.tar.gz")
-    res = prep.prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "cifar.zip", 32)
+    res = prep.prepare(tmp_path / "cifar-10-python.tar.gz", tmp_path / "cifar.zip", PrepareOptions(resolution=32))
     assert res.written == 10 and res.label_mode == "builtin" and res.class_names[3] == "cat"
     ds = ImageDataset(tmp_path / "cifar.zip", use_labels=True)
     assert len(ds) == 10 and ds.label_dim == 10 and ds.class_names[9] == "truck"
@@ -427,7 +428,7 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path):
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
     with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
-        prep.prepare(tmp_path / "evil.tar.gz", tmp_path / "e.zip", 32)
+        prep.prepare(tmp_path / "evil.tar.gz", tmp_path / "e.zip", PrepareOptions(resolution=32))
     assert not (tmp_path / "owned").exists()
 
 
@@ -444,7 +445,7 @@ def test_mnist_idx_gz_over_two_folders(tmp_path):
     y = rng.randint(0, 10, n)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", x)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y)
-    res = prep.prepare(tmp_path / "train-images-idx3-ubyte.gz", tmp_path / "mnist.zip", 4, channels=1, workers=2)
+    res = prep.prepare(tmp_path / "train-images-idx3-ubyte.gz", tmp_path / "mnist.zip", PrepareOptions(resolution=4, channels=1, workers=2))
     assert res.written == n and res.class_names == [str(i) for i in range(10)]
     with zipfile.ZipFile(tmp_path / "mnist.zip") as zf:
         names = set(zf.namelist())
@@ -455,7 +456,7 @@ def test_mnist_idx_gz_over_two_folders(tmp_path):
     assert ds.image_shape == [1, 4, 4] and ds.label_dim == 10 and ds[1002][1].argmax() == y[1002]
     ds.close()
     with pytest.raises(UserError, match="labels file"):
-        prep.prepare(tmp_path / "train-labels-idx1-ubyte.gz", tmp_path / "m2.zip", 4)
+        prep.prepare(tmp_path / "train-labels-idx1-ubyte.gz", tmp_path / "m2.zip", PrepareOptions(resolution=4))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,7 +465,7 @@ def test_mnist_idx_gz_over_two_folders(tmp_path):
 
 def test_summary_and_preview_grid(corpus, tmp_path):
     root, _ = corpus
-    prep.prepare(root, tmp_path / "s.zip", RES, labels="folders")
+    prep.prepare(root, tmp_path / "s.zip", PrepareOptions(resolution=RES, labels="folders"))
     s = dataset_files.summary(tmp_path / "s.zip")
     assert s["count"] == 10 and s["resolution"] == RES and s["channels"] == 3
     assert s["class_names"] == ["cats", "dogs", "misc"] and s["num_classes"] == 3 and s["label_dim"] == 3
@@ -522,8 +523,7 @@ def test_called_from_a_thread_like_the_dashboard(tmp_path):
 
     def job():
         try:
-            out["res"] = prep.prepare("emoji", tmp_path / "t.zip", 8, max_images=40, workers=2,
-                                      progress=lambda d, t: seen.append((d, t)))
+            out["res"] = prep.prepare("emoji", tmp_path / "t.zip", PrepareOptions(resolution=8, max_images=40, workers=2), progress=lambda d, t: seen.append((d, t)))
         except BaseException as e:  # reported below, in the test's thread
             out["err"] = e
 

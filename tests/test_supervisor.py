@@ -39,10 +39,10 @@ def tmp_path(scratch, request):
 
 @pytest.fixture(scope="module")
 def dataset(scratch):
-    from engine.data.prepare import prepare
+    from engine.data.prepare import PrepareOptions, prepare
 
     dest = scratch / "emoji16.zip"
-    prepare("emoji", str(dest), resolution=16, max_images=64)
+    prepare("emoji", str(dest), PrepareOptions(resolution=16, max_images=64))
     return dest
 
 

@@ -228,7 +228,7 @@ def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
     @friendly
     def do_prepare(src, files, folder_path, ds_name, res, max_n, tfm, ch, lab, dd, progress=gr.Progress()):
         from engine.data.dataset import preview_grid
-        from engine.data.prepare import prepare
+        from engine.data.prepare import PrepareOptions, prepare
 
         ds_name = safe_name(ds_name, "dataset")
         dest = studio.datasets_dir / f"{ds_name}.zip"
@@ -258,11 +258,10 @@ def _prepare_events(studio: Studio, c: SimpleNamespace) -> None:
                 progress((int(done), int(total)), desc="Preparing images", unit="images")
 
         try:
-            result = call_supported(
-                prepare, source_arg, str(dest), resolution=int(res), transform=tfm,
-                channels=1 if ch == "Grayscale" else 3, labels=LABELS.get(lab, "none"),
-                max_images=int(max_n) if max_n else None, shuffle_seed=0 if max_n else None, dedupe=bool(dd),
-                progress=report)
+            options = PrepareOptions(resolution=int(res), transform=tfm, channels=1 if ch == "Grayscale" else 3,
+                                     labels=LABELS.get(lab, "none"), max_images=int(max_n) if max_n else None,
+                                     shuffle_seed=0 if max_n else None, dedupe=bool(dd))
+            result = prepare(source_arg, str(dest), options, progress=report)
         finally:
             # The prepared dataset holds what it needs; the uploaded originals (which a visitor chose and the
             # file routes could serve) are not kept, whether prepare succeeded or not.

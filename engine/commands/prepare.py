@@ -43,14 +43,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from engine.data.prepare import prepare
+    from engine.data.prepare import PrepareOptions, prepare
 
-    result = prepare(
-        args.source, args.dest, args.resolution, width=args.width, height=args.height, transform=args.transform,
+    options = PrepareOptions(
+        resolution=args.resolution, width=args.width, height=args.height, transform=args.transform,
         resize_filter=args.resize_filter, channels=args.channels, background=args.background,
         pad_color=args.pad_color, labels=args.labels, dedupe=args.dedupe, min_size=args.min_size,
         max_images=args.max_images, shuffle_seed=args.shuffle_seed, overwrite=args.overwrite,
-        workers=args.workers, max_megapixels=args.max_megapixels, show_progress=not args.no_progress,
-    )
+        workers=args.workers, max_megapixels=args.max_megapixels)
+    result = prepare(args.source, args.dest, options, show_progress=not args.no_progress)
     print(result.summary_line)
     return 0

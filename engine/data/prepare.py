@@ -86,30 +86,9 @@ def _skip_text(by_reason: dict[str, int]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def prepare(
-    source: str | os.PathLike,
-    dest: str | os.PathLike,
-    resolution: int | None = None,
-    *,
-    width: int | None = None,
-    height: int | None = None,
-    transform: str = "center-crop",
-    resize_filter: str = "lanczos",
-    channels: int = 3,
-    background: str | tuple = "white",
-    pad_color: str | tuple = "black",
-    labels: str = "auto",
-    dedupe: bool = False,
-    min_size: int | None = None,
-    max_images: int | None = None,
-    shuffle_seed: int | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-    max_megapixels: float = 100.0,
-    progress: Callable[[int, int], None] | None = None,
-    show_progress: bool = False,
-) -> PrepareResult:
-    """Prepare `source` into the dataset `dest` (a path ending .zip, or a new or empty folder).
+@dataclass
+class PrepareOptions:
+    """How `prepare` turns pictures into a dataset.
 
     resolution (or width/height): output side, a power of two; output images are [resolution, resolution].
     transform: center-crop | center-crop-wide (needs height < width; letterboxed on pad_color) | pad | stretch.
@@ -117,10 +96,40 @@ def prepare(
     labels: auto (the source's own: dataset.json, CIFAR, MNIST) | folders | json | none.
     min_size: skip pictures whose used part is smaller than this (default: half the resolution).
     max_images: stop after writing this many; shuffle_seed: shuffle the order first (None keeps sorted order).
+    """
+
+    resolution: int | None = None
+    width: int | None = None
+    height: int | None = None
+    transform: str = "center-crop"
+    resize_filter: str = "lanczos"
+    channels: int = 3
+    background: str | tuple = "white"
+    pad_color: str | tuple = "black"
+    labels: str = "auto"
+    dedupe: bool = False
+    min_size: int | None = None
+    max_images: int | None = None
+    shuffle_seed: int | None = None
+    overwrite: bool = False
+    workers: int | None = None
+    max_megapixels: float = 100.0
+
+
+def prepare(source: str | os.PathLike, dest: str | os.PathLike, options: PrepareOptions | None = None, *,
+            progress: Callable[[int, int], None] | None = None, show_progress: bool = False) -> PrepareResult:
+    """Prepare `source` into the dataset `dest` (a path ending .zip, or a new or empty folder), as `options` say.
+
     progress(done, total): called as pictures are processed (at most ~10 times a second, and once at the end);
     an exception raised by it stops the run and leaves nothing behind (how the dashboard cancels).
     Raises UserError for bad options, a missing source, an existing dest without overwrite, or nothing written.
     """
+    o = options or PrepareOptions()
+    resolution, width, height, transform, resize_filter = o.resolution, o.width, o.height, o.transform, o.resize_filter
+    channels, background, pad_color, labels, dedupe = o.channels, o.background, o.pad_color, o.labels, o.dedupe
+    min_size, max_images, shuffle_seed, overwrite, workers = (o.min_size, o.max_images, o.shuffle_seed, o.overwrite,
+                                                              o.workers)
+    max_megapixels = o.max_megapixels
     t0 = time.monotonic()
     opts = _options(resolution, width, height, transform, resize_filter, channels, background, pad_color, min_size, max_megapixels)
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
