@@ -150,19 +150,3 @@ def friendly(fn):
             raise gr.Error(html.escape(text), print_exception=False) from None
 
     return wrapper
-
-
-def call_supported(fn, *args, **kwargs):
-    """Call `fn` with only the keyword arguments it declares (None values left out as well).
-
-    The dashboard offers every option the engine may take; an engine function that has no use for one simply
-    does not receive it.
-    """
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        use = {k: v for k, v in kwargs.items() if v is not None}
-    else:
-        use = {k: v for k, v in kwargs.items() if k in params and v is not None}
-    return fn(*args, **use)

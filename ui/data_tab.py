@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.errors import UserError
-from ui.common import Studio, call_supported, friendly, safe_name
+from ui.common import Studio, friendly, safe_name
 
 SRC_EMOJI = "Built-in emoji set"
 SRC_UPLOAD = "Upload a zip or images"
@@ -334,7 +334,7 @@ def _datasets_events(studio: Studio, c: SimpleNamespace) -> None:
 def _preview(preview_grid, path: Path, info: dict):
     # Small images are drawn bigger so a 16 px dataset is still visible in the page.
     res = int(info.get("resolution") or 64)
-    return call_supported(preview_grid, str(path), cell=max(64, min(res, 128)))
+    return preview_grid(str(path), cell=max(64, min(res, 128)))
 
 
 def _dataset_path(studio: Studio, name: str) -> Path:
