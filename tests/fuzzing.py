@@ -1112,7 +1112,7 @@ def _ui_context(work):
     import logging
 
     import app as studio_app
-    from ui import data_tab, generate_tab
+    from ui import data_tab, networks
     from ui.common import Studio
 
     import torch
@@ -1172,7 +1172,7 @@ def _ui_context(work):
                 p = studio.workdir / k
                 if p.is_dir():
                     p.rmdir()
-            generate_tab._cache.clear()
+            networks._cache.clear()
             return "files of the workdir were removed: " + ", ".join(gone[:3]) if gone else None
         # A refused prepare leaves its report beside where the dataset would be: it says what was skipped and why.
         extra = [k for k in extra if not (k.startswith("datasets/") and k.endswith(".report.json"))]

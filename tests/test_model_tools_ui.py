@@ -9,7 +9,7 @@ from engine.errors import UserError
 from engine.nets import Generator
 from ui import model_tools
 from ui.common import Studio
-from ui.generate_tab import network_choices
+from ui.networks import network_choices
 
 
 @pytest.fixture(autouse=True)

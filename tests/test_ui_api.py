@@ -281,6 +281,35 @@ def test_system(served):
     assert str(studio.workdir) in text and "free of" in text
 
 
+def test_polls_and_refreshes_keep_a_page_session_bounded(scratch):
+    """A page polled for hours stores one of each component, not one more per poll (gr.update of an input)."""
+    from PIL import Image
+
+    from engine.runs import write_status
+
+    studio, demo, client = start(scratch / "polled")
+    try:
+        run = studio.runs_dir / "00000-polled-tiny"
+        run.mkdir(parents=True)
+        write_status(run, "stopped", kimg=0.1, total_kimg=1.0, tick=1)
+        Image.new("RGB", (16, 16)).save(run / "fakes_init.png")
+        slider = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/train_watch"][
+            "parameters"][1]["parameter_default"]
+
+        def poll(times):
+            nonlocal slider
+            for _ in range(times):
+                out = client.predict(run.name, slider, api_name="/train_watch")
+                slider = _value(out[3]) if _value(out[3]) is not None else slider
+                client.predict("Demo: emoji (built in)", api_name="/networks")
+            return [len(s.blocks_config.blocks) for s in demo.state_holder.session_data.values()]
+
+        first = poll(2)
+        assert poll(8) == first
+    finally:
+        demo.close()
+
+
 def test_shared_mode_reads_no_server_folder(scratch):
     studio, demo, client = start(scratch / "shared", shared=True)
     try:
@@ -551,7 +580,7 @@ def test_share_without_internet_keeps_serving_locally(scratch):
 
 
 def test_demo_network_is_the_default(scratch):
-    from ui.generate_tab import DEMO_LABEL, default_network
+    from ui.networks import DEMO_LABEL, default_network
 
     demo_file = scratch / "demo-network.pt"
     save_network(tiny_generator(), demo_file)

@@ -9,7 +9,7 @@ import torch
 
 from engine.errors import UserError
 from engine.runs import snapshots_newest_first
-from ui import generate_tab as gt
+from ui import networks as gt
 from ui import guide
 from ui.common import Studio
 

@@ -12,6 +12,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from ui.common import Studio, friendly, safe_name
+from ui.datasets import dataset_choices, dataset_summary, forget_summary, list_datasets
 
 SRC_EMOJI = "Built-in emoji set"
 SRC_UPLOAD = "Upload a zip or images"
@@ -29,35 +30,6 @@ def name_for_resolution(name, resolution) -> str:
 TRANSFORMS = ["center-crop", "center-crop-wide", "pad", "stretch"]
 LABELS = {"Automatic (the source's own, if any)": "auto", "No labels": "none",
           "Sub-folder names are classes": "folders", "From the source's dataset.json": "json"}
-
-_summary_cache: dict[str, tuple[float, dict]] = {}
-
-
-def list_datasets(studio: Studio) -> list[Path]:
-    """Prepared datasets in the workdir: *.zip files and folders holding dataset images."""
-    out = []
-    for p in sorted(studio.datasets_dir.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if (p.is_file() and p.suffix.lower() == ".zip") or (p.is_dir() and not p.name.endswith(".tmp")):
-            out.append(p)
-    return out
-
-
-def dataset_summary(path: Path) -> dict:
-    """engine.data.dataset.summary(path), cached while the file is unchanged."""
-    from engine.data.dataset import summary
-
-    key = str(path)
-    mtime = path.stat().st_mtime
-    hit = _summary_cache.get(key)
-    if hit and hit[0] == mtime:
-        return hit[1]
-    info = summary(path)
-    info = dict(info) if not isinstance(info, dict) else info
-    _summary_cache[key] = (mtime, info)
-    return info
-
 
 def _classes(info: dict) -> int:
     return int(info.get("num_classes") or info.get("label_dim") or 0)
@@ -89,10 +61,6 @@ def _size_mb(p: Path) -> float:
     if p.is_file():
         return p.stat().st_size / 2**20
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
-
-
-def dataset_choices(studio: Studio) -> list[str]:
-    return [p.name for p in list_datasets(studio)]
 
 
 def empty_state(studio: Studio) -> str:
@@ -322,7 +290,7 @@ def _datasets_events(studio: Studio, c: SimpleNamespace) -> None:
         for extra in path.parent.glob(path.stem + ".*"):
             if extra.name != path.name and extra.is_file() and (extra.suffix == ".json" or ".report" in extra.name):
                 extra.unlink()
-        _summary_cache.pop(str(path), None)
+        forget_summary(path)
         gr.Info(f"Deleted {ds}")
         return (gr.update(visible=False), datasets_table(studio),
                 gr.update(choices=dataset_choices(studio), value=None), empty_update(studio))

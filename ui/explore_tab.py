@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.errors import UserError
 from ui.common import Studio, friendly
-from ui.generate_tab import load, network_choices
+from ui.networks import load, network_choices
 
 NUM_SLIDERS = 5
 MAX_PROJECT_STEPS = 1000

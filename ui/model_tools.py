@@ -23,7 +23,7 @@ SPLITS = [4, 8, 16, 32, 64, 128, 256, 512]
 
 
 def _default_choices(studio: Studio):
-    from ui.generate_tab import network_choices
+    from ui.networks import network_choices
 
     return network_choices(studio)
 

@@ -20,7 +20,7 @@ from engine import runs as run_files
 from engine.runs import read_metrics, read_stats
 from ui import charts, estimate
 from ui.common import Studio, friendly
-from ui.data_tab import dataset_choices, dataset_summary
+from ui.datasets import dataset_choices, dataset_summary
 from ui.supervisor import RunView, Supervisor, settings_from_run
 
 # The trainer's default pipe first: the menu opens on what a run gets without a choice.
