@@ -20,7 +20,7 @@ COMMANDS = {
     "mix": "Make a style-mixing grid",
     "metrics": "Compute FID/KID of a network against a dataset",
     "info": "Show versions, devices and which path each op takes",
-    "export": "Export a generator as safetensors, TorchScript or ONNX (checked against the network)",
+    "export": "Export a generator as safetensors, TorchScript or ONNX, or G + D as NVIDIA's pickle (checked)",
     "blend": "Blend two networks at a resolution split, or average snapshots",
     "project": "Find the latent of a real picture (projection)",
     "directions": "Find editing directions in w (closed-form factorisation or PCA)",

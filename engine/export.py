@@ -1,6 +1,8 @@
-"""G_ema in forms other programs read: safetensors + JSON, TorchScript and ONNX, each checked as it is written.
+"""Networks in forms other programs read: safetensors + JSON, TorchScript, ONNX and NVIDIA's TF-era pickle, each
+checked as it is written.
 
-Every export holds the generator with truncation as an input and the per-pixel noise fixed (noise_mode 'const'):
+The first three hold the generator (G_ema) with truncation as an input and the per-pixel noise fixed
+(noise_mode 'const'):
 
     safetensors  <out>.safetensors: the state dict (NVIDIA's tensor names); <out>.json beside it: the constructor
                  arguments. load_network() reads the pair (either file of it) back into our Generator.
@@ -8,6 +10,10 @@ Every export holds the generator with truncation as an input and the per-pixel n
                  -> img [N, C, H, W] float32 in about [-1, 1].
     onnx         inputs 'z' [batch, z_dim], 'c' [batch, c_dim] (conditional networks only), 'psi' scalar float;
                  output 'img' [batch, C, H, W]. The batch size is free.
+
+nvidia-pkl holds G, D and G_ema as NVIDIA's TF-era (G, D, Gs) pickle, which NVIDIA's `legacy.load_network_pkl`
+(stylegan2-ada-pytorch, stylegan3) converts on load: engine/nvidia/tf_export.py. It is read back by the rules of
+NVIDIA's loader and by ours, and all three networks are run beside the originals.
 
 Tracing runs on the CPU through the reference ops (the compiled kernels are opaque to tracers), and the written
 file is then run beside the PyTorch network on inputs it was not traced with: the largest absolute difference is
@@ -28,7 +34,7 @@ from engine import fsutil
 from engine.errors import UserError
 from engine.nets.build import build_network
 
-FORMATS = ("safetensors", "torchscript", "onnx")
+FORMATS = ("safetensors", "torchscript", "onnx", "nvidia-pkl")
 SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
 SAFETENSORS_VERSION = 1
 METADATA_KEY = "stylegan_studio"   # the JSON, also kept inside the .safetensors header: a lone file still loads
@@ -37,6 +43,7 @@ ONNX_OPSET = 18
 TRACE_BATCH = 2                    # traced with 2 images, checked with CHECK_BATCH: proves the batch is free
 CHECK_BATCH = 3
 CHECK_PSI = 0.7
+CHECK_D_BATCH = 4                  # D is checked on at least this many images (a multiple of its mbstd group)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -323,10 +330,14 @@ def max_difference(G, fmt, path, n=CHECK_BATCH, psi=CHECK_PSI):
 # The whole export
 
 
-def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
-    """Export G_ema of the network file `network` to `out` in `fmt`, check it, keep it only if it agrees.
+def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print, untrained_d=False):
+    """Export G_ema (nvidia-pkl: G, D and G_ema) of the network file `network` to `out` in `fmt`, check it, keep it
+    only if it agrees.
 
-    Returns {'paths': [written files], 'max_abs_diff': float, 'format': fmt}.
+    untrained_d (nvidia-pkl only): a network without D gets a newly initialised one instead of a refusal.
+    Returns {'paths': [written files], 'max_abs_diff': float, 'format': fmt}; nvidia-pkl adds 'd_max_abs_diff' (in
+    D scores, against the untrained D where one was written) and 'notes' (lines about what the file holds in place
+    of a missing G or D).
     """
     # Imported here because engine.checkpoint imports this module (load_network opens safetensors exports).
     from engine.checkpoint import load_network
@@ -336,6 +347,10 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
     out = Path(out)
     if fmt == "safetensors" and out.suffix.lower() != ".safetensors":
         raise UserError(f"--out {out}: a safetensors export is named *.safetensors (its .json goes beside it)")
+    if fmt == "nvidia-pkl" and out.suffix.lower() != ".pkl":
+        raise UserError(f"--out {out}: an nvidia-pkl export is named *.pkl")
+    if untrained_d and fmt != "nvidia-pkl":
+        raise UserError(f"--untrained-d is for --format nvidia-pkl only (a {fmt} export holds no D)")
     targets = output_paths(fmt, out)
     src = Path(network).resolve() if Path(network).exists() else None
     for t in targets:
@@ -346,6 +361,8 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
         if t.exists() and not overwrite:
             raise UserError(f"{t} already exists: choose another output or add --overwrite")
     loaded = load_network(network, device="cpu")
+    if fmt == "nvidia-pkl":
+        return _export_nvidia_pkl(loaded, str(network), out, tolerance, log, untrained_d)
     G = loaded["G_ema"]  # float32, eval mode, on the CPU
     tmp = _temp_beside(out)
     tmp_json = None
@@ -379,3 +396,105 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print):
     log(f"checked: max abs difference {diff:.3g} against the PyTorch network "
         f"({CHECK_BATCH} images, psi {CHECK_PSI})")
     return {"paths": targets, "max_abs_diff": diff, "format": fmt}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# NVIDIA's TF-era pickle: G, D and G_ema
+
+
+def _image_difference(G_ref, G_new, n=CHECK_BATCH, psi=CHECK_PSI):
+    """Largest |G_new - G_ref| over n images (seeds 0..n-1, classes in turn, psi, noise const)."""
+    inputs = example_inputs(G_ref, n, psi=psi)
+    with reference_ops(), torch.no_grad():
+        want = sampler(G_ref)(*inputs).numpy()
+        got = sampler(G_new)(*inputs).numpy()
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+
+
+def discriminator_inputs(D, seed=0):
+    """(img [N, C, H, W], c [N, c_dim] one-hot in turn) for a D check; N a multiple of its mbstd group size."""
+    group = getattr(getattr(D.b4, "mbstd", None), "group_size", None) or 1
+    n = group * -(-CHECK_D_BATCH // group)
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.randn([n, D.img_channels, D.img_resolution, D.img_resolution], generator=gen) * 0.5
+    c = torch.zeros([n, int(D.c_dim)])
+    if D.c_dim:
+        c[torch.arange(n), torch.arange(n) % int(D.c_dim)] = 1
+    return img, c
+
+
+def _score_difference(D_ref, D_new):
+    """(largest |D_new - D_ref| over the check images, the scale of D_ref's scores)."""
+    img, c = discriminator_inputs(D_ref)
+    with reference_ops(), torch.no_grad():
+        want = D_ref(img, c).numpy().astype(np.float64)
+        got = D_new(img, c).numpy().astype(np.float64)
+    return float(np.abs(got - want).max()), float(np.abs(want).max())
+
+
+def _view_differences(view, G_ema, G, D):
+    """(image difference of G_ema and G, D score difference, D score scale) of a read-back `view` ({'G', 'D',
+    'G_ema'}, None where the reading has none) against the networks written (no G: G_ema stands in)."""
+    image_diff = _image_difference(G_ema, view["G_ema"])
+    if view["G"] is not None:
+        image_diff = max(image_diff, _image_difference(G if G is not None else G_ema, view["G"]))
+    score_diff, score_scale = 0.0, 1.0
+    if view["D"] is not None:
+        score_diff, score_scale = _score_difference(D, view["D"])
+    return image_diff, score_diff, max(1.0, score_scale)
+
+
+def _export_nvidia_pkl(loaded, network, out, tolerance, log, untrained_d):
+    from engine.checkpoint import load_network
+    from engine.nvidia import tf_export
+
+    G_ema, G, D = loaded["G_ema"], loaded.get("G"), loaded.get("D")
+    records, D_written = tf_export.tf_networks(G_ema, G=G, D=D, untrained_d=untrained_d, where=network)
+    notes = []
+    if G is None:
+        notes.append("the network holds no training generator (G): the pickle's G is its G_ema")
+    if D is None:
+        notes.append("the network holds no discriminator (D): the pickle's D is newly initialised (untrained; its "
+                     "scores mean nothing)")
+    tmp = _temp_beside(out)
+    try:
+        try:
+            with open(tmp, "wb") as f:
+                tf_export.write_pickle(f, records)
+        except OSError as e:
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        del records
+        # Read back twice, one reading at a time (each holds all three networks): as NVIDIA's loader builds its
+        # networks from the settings, and by our own reader
+        try:
+            theirs = tf_export.read_as_nvidia_loader(tmp)
+        except ValueError as e:
+            raise UserError(f"the nvidia-pkl export does not read back as NVIDIA's loader reads it ({e}); "
+                            f"{out} was not written") from None
+        image_diff, score_diff, score_scale = _view_differences(theirs, G_ema, G, D_written)
+        del theirs
+        ours = load_network(tmp, device="cpu")
+        for key, had in (("G", G is not None), ("D", D is not None)):
+            if (ours[key] is not None) != had:  # a G or D written in place of a missing one must read as missing
+                raise UserError(f"the nvidia-pkl export of a network {'with' if had else 'without'} {key} reads back "
+                                f"{'without' if had else 'with'} it; {out} was not written")
+        diffs = _view_differences(ours, G_ema, G, D_written)
+        del ours
+        image_diff, score_diff, score_scale = (max(a, b) for a, b in zip((image_diff, score_diff, score_scale), diffs))
+        if not (np.isfinite(image_diff) and np.isfinite(score_diff)) or image_diff > tolerance or \
+                score_diff > tolerance * score_scale:
+            raise UserError(f"the nvidia-pkl export differs from the network by {image_diff:.3g} in images and "
+                            f"{score_diff:.3g} in D scores (more than {tolerance:g}); {out} was not written")
+        _publish(tmp, out)
+    finally:
+        _unlink(tmp)
+    cond = f"{int(G_ema.c_dim)} classes" if int(G_ema.c_dim) else "unconditional"
+    log(f"wrote {out} (nvidia-pkl: TF-era (G, D, Gs) for NVIDIA's legacy.load_network_pkl; "
+        f"{G_ema.img_resolution}x{G_ema.img_resolution}x{G_ema.img_channels} images, {cond})")
+    for note in notes:
+        log(f"note: {note}")
+    log(f"checked: max abs difference {image_diff:.3g} in images (G_ema and G, {CHECK_BATCH} images, psi "
+        f"{CHECK_PSI}) and {score_diff:.3g} in D scores (up to {score_scale:.3g} in size), read back by the rules of "
+        "NVIDIA's loader and by this program")
+    return {"paths": [out], "max_abs_diff": image_diff, "d_max_abs_diff": score_diff, "format": "nvidia-pkl",
+            "notes": notes}

@@ -17,8 +17,8 @@ from engine.runs import SNAPSHOT_PREFIX, run_number
 from ui.common import Studio, friendly, safe_name
 
 NETWORK_FOLDER = "networks"      # the Generate tab lists .pt files of uploads/<this> in its picker
-EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
-_SUFFIX = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx", "nvidia-pkl")
+_SUFFIX = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx", "nvidia-pkl": ".pkl"}
 SPLITS = [4, 8, 16, 32, 64, 128, 256, 512]
 
 
@@ -63,17 +63,28 @@ def _new_network_path(studio: Studio, name: str) -> Path:
     return path
 
 
-def export_network(studio: Studio, label: str, fmt: str, choices=_default_choices):
-    """Export the picked network -> (list of written files, one-line report with the check's difference)."""
+def export_network(studio: Studio, label: str, fmt: str, choices=_default_choices, untrained_d: bool = False):
+    """Export the picked network -> (list of written files, one-line report with the check's difference).
+
+    untrained_d: for nvidia-pkl, a network without D (the demo, exports) gets a newly initialised one; the other
+    formats hold no D and ignore it.
+    """
     from engine.export import export
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"choose an export format: {', '.join(EXPORT_FORMATS)}")
     src = _path(studio, choices, label)
     out = studio.new_output_dir(f"export-{fmt}") / f"{_stem(label, src)}{_SUFFIX[fmt]}"
-    result = export(str(src), fmt, out, log=lambda *_: None)
-    report = (f"Exported as {fmt}: {', '.join(p.name for p in result['paths'])}. Checked against the network: "
-              f"max abs difference {result['max_abs_diff']:.3g}.")
+    result = export(str(src), fmt, out, log=lambda *_: None, untrained_d=bool(untrained_d) and fmt == "nvidia-pkl")
+    names = ", ".join(p.name for p in result["paths"])
+    if fmt == "nvidia-pkl":
+        notes = "".join(f" Note: {n}." for n in result.get("notes", []))
+        report = (f"Exported as NVIDIA's TF-era pickle (G, D and G_ema; NVIDIA's legacy.load_network_pkl opens it): "
+                  f"{names}. Checked against the network: max abs difference {result['max_abs_diff']:.3g} in images, "
+                  f"{result['d_max_abs_diff']:.3g} in D scores.{notes}")
+    else:
+        report = (f"Exported as {fmt}: {names}. Checked against the network: "
+                  f"max abs difference {result['max_abs_diff']:.3g}.")
     return [str(p) for p in result["paths"]], report
 
 
@@ -120,10 +131,13 @@ def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
     """The panel (a closed Accordion) for the picker `network`. Returns its components by name."""
     labels = list(choices(studio))
     with gr.Accordion("Export and blend", open=False, elem_id="model-tools"):
-        gr.Markdown("**Export** the network above for other programs (safetensors + JSON, TorchScript, ONNX); "
-                    "each file is run beside the network before it is offered.")
+        gr.Markdown("**Export** the network above for other programs (safetensors + JSON, TorchScript, ONNX: the "
+                    "generator; nvidia-pkl: G, D and G_ema as a pickle NVIDIA's StyleGAN2-ADA and StyleGAN3 scripts "
+                    "open); each file is run beside the network before it is offered.")
         with gr.Row():
             fmt = gr.Radio(list(EXPORT_FORMATS), value="safetensors", label="Format", elem_id="export-format")
+            untrained = gr.Checkbox(False, label="nvidia-pkl of a network without D (the demo, exports): write an "
+                                    "untrained D", elem_id="export-untrained-d")
             export_btn = gr.Button("Export", elem_id="export-btn")
         export_files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-files")
         export_md = gr.Markdown(elem_id="export-report")
@@ -146,11 +160,11 @@ def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
         derived_md = gr.Markdown(elem_id="blend-report")
 
     @friendly
-    def do_export(label, fmt_v):
-        files, report = export_network(studio, label, fmt_v, choices=choices)
+    def do_export(label, fmt_v, untrained_v=False):
+        files, report = export_network(studio, label, fmt_v, choices=choices, untrained_d=untrained_v)
         return files, report
 
-    export_btn.click(do_export, [network, fmt], [export_files, export_md], api_name="export_network",
+    export_btn.click(do_export, [network, fmt, untrained], [export_files, export_md], api_name="export_network",
                      concurrency_id="gpu", concurrency_limit=1)
 
     def _picker_update(new_label):
@@ -173,6 +187,6 @@ def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
     average_btn.click(do_average, [several], [network, other, several, derived_md], api_name="average_networks",
                       concurrency_id="gpu", concurrency_limit=1)
 
-    return {"format": fmt, "export_button": export_btn, "export_files": export_files, "export_report": export_md,
-            "other": other, "split": split, "mapping": mapping, "blend_button": blend_btn, "several": several,
-            "average_button": average_btn, "derived_report": derived_md}
+    return {"format": fmt, "untrained_d": untrained, "export_button": export_btn, "export_files": export_files,
+            "export_report": export_md, "other": other, "split": split, "mapping": mapping, "blend_button": blend_btn,
+            "several": several, "average_button": average_btn, "derived_report": derived_md}

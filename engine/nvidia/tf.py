@@ -18,6 +18,8 @@ from engine.nets.build import build_network, finish_network
 from engine.nvidia.pytorch import dataset_facts
 from engine.nvidia.unpickler import TFNetwork
 
+UNTRAINED_KEY = "untrained"  # in the state of a newly initialised D that engine.nvidia.tf_export wrote
+
 
 def conv_weight(v, flip=False):
     """TF [kh, kw, in, out] -> torch [out, in, kh, kw] (flip: reverse both spatial axes first)."""
@@ -165,6 +167,10 @@ def _plain(value):
     return value
 
 
+def _filter(values):
+    return [int(x) if float(x).is_integer() else float(x) for x in values]
+
+
 def generator_kwargs(static_kwargs, state, facts):
     """TF G static kwargs (+ facts read from the variables) -> our Generator(**kwargs)."""
     kw = {k: _plain(v) for k, v in static_kwargs.items()}
@@ -214,7 +220,7 @@ def generator_kwargs(static_kwargs, state, facts):
         "num_fp16_res": int(_kw(kw, "num_fp16_res", 0)),
         "conv_clamp": kw.get("conv_clamp"),
         "architecture": architecture,
-        "resample_filter": [int(x) if float(x).is_integer() else float(x) for x in _kw(kw, "resample_kernel", [1, 3, 3, 1])],
+        "resample_filter": _filter(_kw(kw, "resample_kernel", [1, 3, 3, 1])),
         "use_noise": bool(_kw(kw, "use_noise", True)),
         "activation": str(_kw(kw, "nonlinearity", "lrelu")),
     }
@@ -240,16 +246,21 @@ def discriminator_kwargs(static_kwargs, state, facts):
     if c_dim > 0:
         cmap_dim = int(state["b4.out.weight"].shape[0])
     map_ids = [k for k in state if re.fullmatch(r"mapping\.fc\d{1,4}\.weight", k)]
-    mapping_kwargs = {"num_layers": len(map_ids), "lr_multiplier": float(_kw(kw, "mapping_lrmul", 0.1))}
+    # The label mapping runs with the blocks' nonlinearity, as NVIDIA's converter builds it.
+    mapping_kwargs = {"num_layers": len(map_ids), "lr_multiplier": float(_kw(kw, "mapping_lrmul", 0.1)),
+                      "activation": str(_kw(kw, "nonlinearity", "lrelu"))}
     if "mapping.embed.weight" in state:
         mapping_kwargs["embed_features"] = int(state["mapping.embed.weight"].shape[0])
     if map_ids:
         mapping_kwargs["layer_features"] = int(state["mapping.fc0.weight"].shape[0])
-    block_kwargs = {"activation": str(_kw(kw, "nonlinearity", "lrelu"))}
+    block_kwargs = {"activation": str(_kw(kw, "nonlinearity", "lrelu")),
+                    "resample_filter": _filter(_kw(kw, "resample_kernel", [1, 3, 3, 1]))}
     if kw.get("freeze_layers"):
         block_kwargs["freeze_layers"] = int(kw["freeze_layers"])
+    # An explicit None is the whole batch as one group (written by engine.nvidia.tf_export); absent is TF's 4.
+    group = kw.get("mbstd_group_size", 4)
     epilogue_kwargs = {
-        "mbstd_group_size": int(_kw(kw, "mbstd_group_size", 4)),
+        "mbstd_group_size": int(group) if group is not None else None,
         "mbstd_num_channels": int(_kw(kw, "mbstd_num_features", 1)),
         "activation": str(_kw(kw, "nonlinearity", "lrelu")),
     }
@@ -306,8 +317,14 @@ def load(data, path, device):
     for name, net in (("G", G_tf), ("D", D_tf), ("Gs", Gs_tf)):
         if not isinstance(net, TFNetwork):
             raise UserError(f"{path}: the {name} entry of the TF pickle is not a network")
+    # Files of engine.nvidia.tf_export for a network without G or D: the G entry is the Gs network itself, the D
+    # entry is marked untrained; both are read as absent.
+    absent = {"G": G_tf is Gs_tf, "D": D_tf.state.get(UNTRAINED_KEY) is True, "Gs": False}
     out = []
     for net, kind, what in ((G_tf, "G", "G"), (D_tf, "D", "D"), (Gs_tf, "G", "Gs")):
+        if absent[what]:
+            out.append(None)
+            continue
         if kind == "G":
             kwargs, state = convert_generator(net)
         else:
