@@ -133,6 +133,15 @@ def make_numpy_placeholder(d):
     return p
 
 
+def make_numpy_unbacked(d):
+    # numpy.ndarray(shape) with no data would allocate whatever the file declares: 1 TB here.
+    import numpy as np
+
+    p = d / "npunbacked.pkl"
+    p.write_bytes(pickle.dumps(_Call(np.ndarray, ((1 << 20, 1 << 18),)), protocol=4))
+    return p
+
+
 def make_deflated_zip(d):
     # A torch.save archive with 64 MB of zeros, its records re-written deflated: about 70 KB on disk.
     plain = io.BytesIO()
@@ -186,6 +195,7 @@ CASES = {
     "codecs_encode": (make_codecs_encode, r"_codecs.encode of a list, not of text"),
     "numpy_scalar": (make_numpy_scalar, r"numpy scalar whose data is not bytes"),
     "numpy_placeholder": (make_numpy_placeholder, r"numpy array placeholder of shape"),
+    "numpy_unbacked": (make_numpy_unbacked, r"numpy array without its data"),
     "deflated_zip": (make_deflated_zip, r"would inflate from [\d,]+ to [\d,]+ bytes"),
     "wide_settings": (make_wide_settings, r"describe a network of [\d,]+ values, more than this [\d,]+-byte file"),
     "w8192": (make_w8192, r"setting w_dim=8192 is outside 1\.\.4096"),

@@ -264,8 +264,25 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks=None, stat
     return _rebuild_parameter(data, requires_grad)
 
 
+def _numpy_ndarray(shape, dtype=float, buffer=None, offset=0, strides=None, order=None):
+    """numpy.ndarray(shape, dtype, buffer) as TF-era exports write arrays: only over a bytes buffer that holds the
+    whole array (numpy.ndarray(shape) alone would allocate whatever size the file declares)."""
+    if not isinstance(buffer, (bytes, bytearray)):
+        raise pickle.UnpicklingError("numpy array without its data")
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or len(shape) > 32 or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"numpy array of shape {list(shape)[:8]} and type {dtype}")
+    count = 1
+    for n in shape:
+        count *= n
+    if strides is not None or offset != 0 or count * dtype.itemsize != len(buffer):
+        raise pickle.UnpicklingError(f"numpy array of shape {list(shape)[:8]} whose data is {len(buffer)} bytes")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order or "C")
+
+
 def _numpy_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
+    if subtype is not np.ndarray and subtype is not _numpy_ndarray:
         raise pickle.UnpicklingError("only plain numpy arrays are accepted")
     # numpy pickles an array as an empty one plus __setstate__ with the data: the shape here is always tiny.
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
@@ -329,7 +346,7 @@ _ALLOWED = {
     ("torch.storage", "_load_from_bytes"): _load_from_bytes,
     ("torch", "Size"): torch.Size,
     ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _numpy_ndarray,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
