@@ -14,13 +14,15 @@ engine.nvidia package (read by its restricted unpickler, rebuilt as our networks
 Every network is built by engine.nets.build, which checks the file's settings and tensors first.
 """
 
+import json
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import torch
 
-from engine import export, fsutil
+from engine import fsutil
 from engine.errors import UserError
 from engine.nets.build import build_network, finish_network
 from engine.nvidia import pytorch as nvidia_pytorch
@@ -193,8 +195,8 @@ def load_network(path, device="cpu"):
     device = torch.device(device)
     try:
         # safetensors exports (source 'safetensors'): the weights or the .json beside them
-        if export.is_safetensors_export(path):
-            return export.load_safetensors_network(path, device)
+        if is_safetensors_export(path):
+            return load_safetensors_network(path, device)
         _check_zip(path)
         return _load_network(path, device)
     except UserError as e:
@@ -251,19 +253,96 @@ def _load_network(path, device):
     raise UserError(f"{path} is not a network file (no generator found in it)")
 
 
-def export_network(src, dst, fp16=False):
-    """Write G_ema of any supported network file `src` as our .pt at `dst` (the format of the demo network).
+# --------------------------------------------------------------------------------------------------------------
+# Safetensors exports (written by engine/export.py): the weights, and the constructor arguments in a .json beside
+# them and in the file's header
 
-    fp16: store weights as float16 (half the size); loading converts them back to float32.
-    Returns the destination Path.
+SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
+SAFETENSORS_VERSION = 1
+METADATA_KEY = "stylegan_studio"   # the JSON, also kept inside the .safetensors header: a lone file still loads
+
+
+def _require_safetensors():
+    try:
+        import safetensors
+
+        return safetensors
+    except ImportError:
+        raise UserError("reading a safetensors network needs the Python package safetensors: pip install -r "
+                        "requirements.txt (or pip install safetensors)") from None
+
+
+def sidecar_path(path):
+    """net.safetensors -> net.json (the constructor arguments beside the weights)."""
+    return Path(path).with_suffix(".json")
+
+
+def _is_safetensors_header(path):
+    """A safetensors file starts with a little-endian u64 header length and a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 2 <= n <= 100 * 2 ** 20
+
+
+def _read_description(path):
+    try:
+        with open(path, "r") as f:
+            info = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == SAFETENSORS_FORMAT else None
+
+
+def is_safetensors_export(path):
+    """Whether `path` is one of a safetensors export's two files (the weights or their .json)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return _read_description(path) is not None
+    return path.suffix.lower() == ".safetensors" or _is_safetensors_header(path)
+
+
+def load_safetensors_network(path, device="cpu"):
+    """A safetensors export (the .safetensors file or its .json) -> load_network's dict with G_ema only.
+
+    The constructor arguments come from the .json beside the weights, or from the copy in the file's header.
     """
-    loaded = load_network(src, device="cpu")
-    data = {
-        "format": FORMAT,
-        "version": VERSION,
-        "G_ema": pack_network(loaded["G_ema"], dtype=torch.float16 if fp16 else None),
-    }
-    if loaded.get("dataset"):
-        data["dataset"] = dict(loaded["dataset"])
-    save_snapshot(dst, data)
-    return Path(dst)
+    path = Path(path)
+    info = None
+    if path.suffix.lower() == ".json":
+        info = _read_description(path)
+        if info is None:
+            raise UserError(f"{path} is not the description of a safetensors export of this program")
+        weights = path.parent / str(info.get("weights") or path.with_suffix(".safetensors").name)
+        if not weights.is_file():
+            raise UserError(f"{path} names the weights file {weights.name}, which is not beside it")
+    else:
+        weights = path
+        if sidecar_path(path).is_file():
+            info = _read_description(sidecar_path(path))
+    st = _require_safetensors()
+    try:
+        with st.safe_open(str(weights), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise UserError(f"{weights} is not a readable safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if info is None and metadata.get(METADATA_KEY):
+        try:
+            info = json.loads(metadata[METADATA_KEY])
+        except json.JSONDecodeError:
+            info = None
+    if not isinstance(info, dict) or not isinstance(info.get("kwargs"), dict):
+        raise UserError(f"{weights} has no constructor arguments: put the .json written with it beside it "
+                        f"({sidecar_path(weights).name})")
+    G = build_network("G", info["kwargs"], state, weights, "G_ema")
+    G = G.to(torch.device(device)).eval().requires_grad_(False)
+    dataset = info.get("dataset") if isinstance(info.get("dataset"), dict) else None
+    return {"G": None, "D": None, "G_ema": G, "augment_p": None, "augment_kwargs": None, "progress": None,
+            "dataset": dataset, "source": "safetensors", "snapshot": None}

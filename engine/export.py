@@ -23,7 +23,6 @@ reported, and a file that disagrees by more than TOLERANCE is not kept.
 import contextlib
 import json
 import os
-import struct
 import warnings
 from pathlib import Path
 
@@ -31,13 +30,11 @@ import numpy as np
 import torch
 
 from engine import fsutil
+from engine.checkpoint import (FORMAT, METADATA_KEY, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, VERSION, load_network,
+                               load_safetensors_network, pack_network, save_snapshot, sidecar_path)
 from engine.errors import UserError
-from engine.nets.build import build_network
 
 FORMATS = ("safetensors", "torchscript", "onnx", "nvidia-pkl")
-SAFETENSORS_FORMAT = "stylegan-studio-safetensors"
-SAFETENSORS_VERSION = 1
-METADATA_KEY = "stylegan_studio"   # the JSON, also kept inside the .safetensors header: a lone file still loads
 TOLERANCE = 1e-3                   # on images in [-1, 1]; float32 reorderings stay orders of magnitude below
 ONNX_OPSET = 18
 TRACE_BATCH = 2                    # traced with 2 images, checked with CHECK_BATCH: proves the batch is free
@@ -140,11 +137,6 @@ def _unlink(path):
         pass
 
 
-def sidecar_path(path):
-    """net.safetensors -> net.json (the constructor arguments beside the weights)."""
-    return Path(path).with_suffix(".json")
-
-
 def output_paths(fmt, out):
     """Every file an export writes: [out] or, for safetensors, [out, its .json]."""
     out = Path(out)
@@ -224,77 +216,6 @@ def _quiet_exporter():
 # Reading back and checking
 
 
-def _is_safetensors_header(path):
-    """A safetensors file starts with a little-endian u64 header length and a JSON object."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 2 <= n <= 100 * 2 ** 20
-
-
-def _read_description(path):
-    try:
-        with open(path, "r") as f:
-            info = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == SAFETENSORS_FORMAT else None
-
-
-def is_safetensors_export(path):
-    """Whether `path` is one of a safetensors export's two files (the weights or their .json)."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        return _read_description(path) is not None
-    return path.suffix.lower() == ".safetensors" or _is_safetensors_header(path)
-
-
-def load_safetensors_network(path, device="cpu"):
-    """A safetensors export (the .safetensors file or its .json) -> load_network's dict with G_ema only.
-
-    The constructor arguments come from the .json beside the weights, or from the copy in the file's header.
-    """
-    path = Path(path)
-    info = None
-    if path.suffix.lower() == ".json":
-        info = _read_description(path)
-        if info is None:
-            raise UserError(f"{path} is not the description of a safetensors export of this program")
-        weights = path.parent / str(info.get("weights") or path.with_suffix(".safetensors").name)
-        if not weights.is_file():
-            raise UserError(f"{path} names the weights file {weights.name}, which is not beside it")
-    else:
-        weights = path
-        if sidecar_path(path).is_file():
-            info = _read_description(sidecar_path(path))
-    st = _require("safetensors", "reading a safetensors network")
-    try:
-        with st.safe_open(str(weights), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise UserError(f"{weights} is not a readable safetensors file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    if info is None and metadata.get(METADATA_KEY):
-        try:
-            info = json.loads(metadata[METADATA_KEY])
-        except json.JSONDecodeError:
-            info = None
-    if not isinstance(info, dict) or not isinstance(info.get("kwargs"), dict):
-        raise UserError(f"{weights} has no constructor arguments: put the .json written with it beside it "
-                        f"({sidecar_path(weights).name})")
-    G = build_network("G", info["kwargs"], state, weights, "G_ema")
-    G = G.to(torch.device(device)).eval().requires_grad_(False)
-    dataset = info.get("dataset") if isinstance(info.get("dataset"), dict) else None
-    return {"G": None, "D": None, "G_ema": G, "augment_p": None, "augment_kwargs": None, "progress": None,
-            "dataset": dataset, "source": "safetensors", "snapshot": None}
-
-
 def run_export(fmt, path, inputs):
     """Run the exported file at `path` on `inputs` (tensors) -> img as a float32 numpy array."""
     if fmt == "torchscript":
@@ -340,7 +261,6 @@ def export(network, fmt, out, overwrite=False, tolerance=TOLERANCE, log=print, u
     of a missing G or D).
     """
     # Imported here because engine.checkpoint imports this module (load_network opens safetensors exports).
-    from engine.checkpoint import load_network
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -445,7 +365,6 @@ def _view_differences(view, G_ema, G, D):
 
 
 def _export_nvidia_pkl(loaded, network, out, tolerance, log, untrained_d):
-    from engine.checkpoint import load_network
     from engine.nvidia import tf_export
 
     G_ema, G, D = loaded["G_ema"], loaded.get("G"), loaded.get("D")
@@ -498,3 +417,21 @@ def _export_nvidia_pkl(loaded, network, out, tolerance, log, untrained_d):
         "NVIDIA's loader and by this program")
     return {"paths": [out], "max_abs_diff": image_diff, "d_max_abs_diff": score_diff, "format": "nvidia-pkl",
             "notes": notes}
+
+
+def export_network(src, dst, fp16=False):
+    """Write G_ema of any supported network file `src` as our .pt at `dst` (the format of the demo network).
+
+    fp16: store weights as float16 (half the size); loading converts them back to float32.
+    Returns the destination Path.
+    """
+    loaded = load_network(src, device="cpu")
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "G_ema": pack_network(loaded["G_ema"], dtype=torch.float16 if fp16 else None),
+    }
+    if loaded.get("dataset"):
+        data["dataset"] = dict(loaded["dataset"])
+    save_snapshot(dst, data)
+    return Path(dst)

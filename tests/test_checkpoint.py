@@ -7,7 +7,8 @@ import zipfile
 import pytest
 import torch
 
-from engine.checkpoint import FORMAT, export_network, load_network, load_snapshot, pack_network, save_snapshot
+from engine.checkpoint import FORMAT, load_network, load_snapshot, pack_network, save_snapshot
+from engine.export import export_network
 from engine.errors import UserError
 from engine.nets import Discriminator, Generator
 

@@ -305,7 +305,7 @@ def test_real_network_shapes_pass_the_limits(tmp_path, name):
 
 def test_float16_export_of_a_network_still_loads(tmp_path):
     # 2 bytes per value is the densest real file: it must pass the one-byte-per-value bound.
-    from engine.checkpoint import export_network
+    from engine.export import export_network
 
     G = tiny_G()
     src = _studio(tmp_path / "g.pt", dict(G.init_kwargs), {k: v.clone() for k, v in G.state_dict().items()})

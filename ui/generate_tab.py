@@ -16,6 +16,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.runs import NETWORK_SUFFIXES, is_network_file
+from ui import model_tools
 from ui.common import Studio, friendly, safe_name
 from ui.networks import UPLOAD_FOLDER, load, network_choices, pick_network
 
@@ -156,8 +157,6 @@ def _picker_layout(studio: Studio) -> SimpleNamespace:
     with gr.Accordion("Upload a network (.pt or NVIDIA .pkl)", open=False):
         upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=list(NETWORK_SUFFIXES),
                          elem_id="generate-upload")
-    from ui import model_tools
-
     tools = model_tools.build(studio, network)
     info_md = gr.Markdown(elem_id="generate-info")
     return SimpleNamespace(empty_md=empty_md, offered_first=offered_first, network=network, refresh_btn=refresh_btn,

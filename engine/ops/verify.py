@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from engine.ops.filters import symlet_lowpass
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Largest error relative to the largest value of a result, per dtype. The kernels accumulate in float32 for the
@@ -127,7 +129,6 @@ UPFIRDN2D_CASES = [
 
 def _filters(torch):
     from engine.ops.reference import setup_filter
-    from engine.ops.filters import symlet_lowpass
 
     sym6 = torch.as_tensor(symlet_lowpass(6), dtype=torch.float32)  # the augmentation's 12-tap filter, 1-D
     return {"4tap": setup_filter([1, 3, 3, 1]), "12tap": sym6 / sym6.sum(), None: None}
