@@ -580,7 +580,10 @@ def test_share_without_internet_keeps_serving_locally(scratch):
 
 
 def test_demo_network_is_the_default(scratch):
-    from ui.networks import DEMO_LABEL, default_network
+    from ui.networks import DEMO_LABEL, network_choices
+
+    def default_network(studio):
+        return next(iter(network_choices(studio)), None)
 
     demo_file = scratch / "demo-network.pt"
     save_network(tiny_generator(), demo_file)

@@ -90,11 +90,6 @@ def network_choices(studio: Studio, aliases: bool = False) -> "OrderedDict[str, 
     return out
 
 
-def default_network(studio: Studio) -> str | None:
-    choices = network_choices(studio)
-    return next(iter(choices), None)
-
-
 def pick_network(choices, current, offered):
     """What the picker shows after its list was refreshed: the newest snapshot (first choice) when the visitor
     still has the one offered first last time (or nothing, or a network that is gone), else their own pick."""

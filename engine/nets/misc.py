@@ -28,27 +28,6 @@ def plain_data(obj):
     raise TypeError(f"not plain data: {type(obj).__name__}")
 
 
-def named_params_and_buffers(module):
-    """[(name, tensor)] of every parameter and buffer, with state_dict names."""
-    return list(module.named_parameters()) + list(module.named_buffers())
-
-
-@torch.no_grad()
-def copy_params_and_buffers(src_module, dst_module, require_all=False):
-    """Copy every parameter and buffer of src into the same-named one of dst (e.g. G -> G_ema).
-
-    require_all: raise if dst has a tensor src lacks. Shapes must match.
-    """
-    src = dict(named_params_and_buffers(src_module))
-    for name, tensor in named_params_and_buffers(dst_module):
-        if name in src:
-            if src[name].shape != tensor.shape:
-                raise ValueError(f"{name}: shape {list(src[name].shape)} does not fit {list(tensor.shape)}")
-            tensor.copy_(src[name].detach())
-        elif require_all:
-            raise KeyError(f"{name} is missing from the source network")
-
-
 def assert_shape(tensor, ref_shape, what="tensor"):
     """Check tensor.shape against ref_shape, where None matches any size."""
     if tensor.ndim != len(ref_shape):
