@@ -163,6 +163,7 @@ def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
     from ui.data_tab import remove_stale_uploads
 
     remove_stale_uploads(studio)
+    _keep_session_components_bounded()
     demo = build_app(studio)
     css = (ASSETS / "style.css").read_text("utf-8") if (ASSETS / "style.css").is_file() else None
     # Several visitors generating at once wait their turn instead of competing for one device.
@@ -172,6 +173,34 @@ def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
                 allowed_paths=[str(studio.workdir), str(ASSETS)], max_file_size=f"{studio.max_upload_mb}mb",
                 show_error=False, prevent_thread_lock=True, favicon_path=_favicon(), quiet=quiet)
     return demo
+
+
+def _keep_session_components_bounded() -> None:
+    """Keep a page's stored components to one per component, however often its events run.
+
+    An event that changes a component's properties (gr.update(maximum=..., choices=...)) makes gradio build a new
+    component and store it in the page's session under the original's id, but the new one carries an id of its
+    own; the next event that reads the component as an input then stores it a second time under that new id.
+    Each Train-tab poll (every 3 s, the grid slider) and each network-list refresh so kept one more component
+    (about 5 KB) for as long as the session lived: some 6 MB an hour per open Train tab. Giving the new component
+    the id it is stored under, as gradio's own re-rendered components have, keeps one per component.
+    """
+    try:
+        from gradio.blocks import Block
+        from gradio.state_holder import SessionState
+    except ImportError:
+        return
+    store = SessionState.__setitem__
+    if getattr(store, "_keeps_ids", False):
+        return
+
+    def setitem(self, key, value):
+        if isinstance(value, Block) and getattr(value, "_id", key) != key and key in self.blocks_config.blocks:
+            value._id = key
+        store(self, key, value)
+
+    setitem._keeps_ids = True
+    SessionState.__setitem__ = setitem
 
 
 def main(argv=None) -> int:

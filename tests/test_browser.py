@@ -187,7 +187,7 @@ def test_journey(page, server):
     expect(pg.locator("#train-stop-btn")).to_have_text(f"Stop run {short}")
     expect(pg.locator("#train-resume-btn")).to_be_hidden()
     expect(pg.locator("#train-start-btn")).to_have_text("Start a new run")
-    # The log box shows its newest line, and NVIDIA's tick lines on one line each (it scrolls sideways).
+    # The log box shows its newest line, and long lines wrap inside it (none runs past its edge).
     wait_text(pg, "#train-status", "s/kimg", 240)
     log_area = field(pg, "train-log")
     deadline = time.time() + 240
@@ -198,7 +198,7 @@ def test_journey(page, server):
                             "ws: getComputedStyle(t).whiteSpace, value: t.value})")
     assert box["full"] > box["height"], "the test needs more log than fits the box"
     assert box["top"] + box["height"] >= box["full"] - 4, f"the newest log line is out of view: {box}"
-    assert box["ws"] == "pre", box["ws"]
+    assert box["ws"] == "pre-wrap", box["ws"]
     last = box["value"].rstrip("\n").splitlines()[-1]
     assert last and last in (run_dir / "log.txt").read_text()
     # The tick in the status is the newest tick line of log.txt.
@@ -228,9 +228,14 @@ def test_journey(page, server):
     expect(pg.locator("#train-status")).to_contain_text(status["snapshot"])
     # The newest grid is labelled with the kimg at which it was drawn.
     expect(pg.locator("#fakes-slider")).to_contain_text(f"at {status['kimg']:.3f} kimg")
+    # The slider stands where its label says: "Grid n of n" at n, counting from 1.
+    label = re.search(r"Grid (\d+) of (\d+)", pg.locator("#fakes-slider").inner_text())
+    assert label and label[1] == label[2], pg.locator("#fakes-slider").inner_text()
+    assert pg.locator("#fakes-slider input[type=number]").input_value() == label[1]
 
-    # Resume keeps the run's length (the form shows it; nobody changed it).
+    # Resume keeps the run's length (the form shows it; nobody changed it), and says so at once.
     pg.locator("#train-resume-btn").click()
+    expect(pg.locator(".toast-body").filter(has_text="Resuming run")).to_be_visible(timeout=30_000)
     wait_text(pg, "#train-status", "RUNNING", 240)
     expect(pg.locator("#train-status")).to_contain_text("of 30 kimg")
     assert json.loads((run_dir / "status.json").read_text())["total_kimg"] == 30

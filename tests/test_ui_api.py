@@ -343,7 +343,7 @@ def test_train_watch_stop_resume_generate(served):
     run_dir = studio.runs_dir / run
 
     # The page sends back what it shows; unchanged plots and grids come back as "skip" updates.
-    shown = {"slider": 0}
+    shown = {"slider": 1}  # the grid slider counts from 1, as its label does
 
     def watch():
         out = client.predict(run, shown["slider"], api_name="/train_watch")
