@@ -157,6 +157,9 @@ def test_journey(page, server):
     field(pg, "train-batch").fill("8")
     field(pg, "train-tick").fill("0.032")
     field(pg, "train-snap").fill("2")
+    # Left empty, R1 gamma and the ADA target are the preset's (a number field would show and send 0).
+    expect(field(pg, "train-gamma")).to_have_value("")
+    expect(field(pg, "train-target")).to_have_value("")
     pg.locator("#train-start-btn").click()
     wait_text(pg, "#train-status", "RUNNING", 240)
     # The chart and the newest grid appear after the first ticks, refreshed by the page itself.
@@ -168,6 +171,8 @@ def test_journey(page, server):
 
     run_dir = next((studio / "runs").iterdir())
     short = run_dir.name[:5]
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert options["r1_gamma"] > 0 and options["ada_target"] == 0.6 and options["batch_size"] == 8
 
     # A reload mid-run: the form shows the watched run's settings, not its defaults.
     pg.reload()

@@ -102,30 +102,34 @@ def test_the_train_form_is_made_from_the_table_and_0_is_a_value():
     from ui.train_tab import FORM_KEYS, FORM_OPTIONS, form_flags, form_value
 
     assert FORM_KEYS[:3] == ["dataset", "preset", "kimg"] and all(n in settings.OPTION for n in FORM_OPTIONS)
-    empty = {name: None for name in FORM_OPTIONS}
+    empty = {name: "" for name in FORM_OPTIONS}
     empty.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="auto", seed=0)
     flags = form_flags(empty)
     assert "gamma" not in flags and "target" not in flags and "batch" not in flags  # empty: the preset's
-    flags = form_flags(dict(empty, gamma=0, target=0, batch=8, p=0.5))
+    flags = form_flags(dict(empty, gamma="0", target=" 0 ", batch="8", p=0.5))
     assert flags["gamma"] == 0 and flags["target"] == 0 and flags["batch"] == 8
     assert "p" not in flags  # p is for fixed augmentation only
     assert form_flags(dict(empty, aug="Fixed p", p=0.3, target=0.7))["p"] == 0.3
     with pytest.raises(UserError, match="^Batch must be at least 1"):
-        form_flags(dict(empty, batch=0))
+        form_flags(dict(empty, batch="0"))
+    with pytest.raises(UserError, match="^R1 gamma 'abc' is not a number; leave it empty for the preset's$"):
+        form_flags(dict(empty, gamma="abc"))
+    with pytest.raises(UserError, match="^Batch '8.5' is not a whole number$"):
+        form_flags(dict(empty, batch="8.5"))
     # What a run was launched with comes back into the same fields.
     launched = dict(flags, aug="fixed", p=0.3, mirror=1, metrics="kid1k")
     back = {name: form_value(name, launched.get(name)) for name in FORM_OPTIONS}
     assert (back["gamma"], back["target"], back["batch"], back["aug"], back["p"], back["mirror"]) == \
-        (0.0, 0.0, 8, "Fixed p", 0.3, True)
-    assert back["snap"] is None and back["metrics"] == "kid1k"
+        ("0", "0", "8", "Fixed p", 0.3, True)
+    assert back["snap"] == "" and back["metrics"] == "kid1k"  # empty: the preset's (a number field shows 0)
 
 
 def test_gamma_0_and_target_0_from_the_form_reach_the_config():
     from engine.train import presets
     from ui.train_tab import FORM_OPTIONS, form_flags
 
-    values = {name: None for name in FORM_OPTIONS}
-    values.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="none", seed=0, gamma=0, target=0)
+    values = {name: "" for name in FORM_OPTIONS}
+    values.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="none", seed=0, gamma="0", target="0")
     opts = TrainOptions(data="d.zip", cfg="tiny", **{k: v for k, v in form_flags(values).items() if k != "metrics"})
     facts = {"path": "d.zip", "name": "d", "resolution": 16, "channels": 3, "label_dim": 0, "size": 10}
     cfg = presets.resolve(opts, facts, 1, "cpu")

@@ -474,7 +474,8 @@ def test_form_follows_the_run():
     vals = form_values(v)
     assert set(vals) == set(FORM_KEYS)
     assert (vals["dataset"], vals["preset"], vals["kimg"], vals["batch"], vals["tick"], vals["snap"]) == \
-        ("emoji16.zip", "tiny", 2.0, 8, 0.032, 2)
+        ("emoji16.zip", "tiny", 2.0, "8", "0.032", "2")
+    assert vals["gamma"] == "" and vals["target"] == ""  # not given: empty, the preset's
     assert (vals["aug"], vals["p"], vals["mirror"], vals["seed"]) == ("Fixed p", 0.3, True, 5)
 
 

@@ -219,18 +219,47 @@ def form_values(v: RunView | None) -> dict | None:
             **{name: form_value(name, opts.get(name)) for name in FORM_OPTIONS}}
 
 
+def optional_number(name: str) -> bool:
+    """A number the preset fills in when the field is left empty (a text field: a number field cannot be empty)."""
+    o = settings.OPTION[name]
+    return o.kind in ("int", "float") and FORM_DEFAULTS.get(name, o.default) is None
+
+
 def form_value(name: str, value):
-    """The form field's value for option `name` as a run was launched with it (None: not given, the preset's)."""
+    """The form field's value for option `name` as a run was launched with it ("" / None: not given, the
+    preset's)."""
     o = settings.OPTION[name]
     if name == "aug":
         return AUG_LABEL.get(str(value or o.default), AUG_LABEL[o.default])
     if value is None or value == "":
-        return FORM_DEFAULTS.get(name, o.default)
+        return "" if optional_number(name) else FORM_DEFAULTS.get(name, o.default)
     if o.kind == "bool":
         return bool(int(value)) if isinstance(value, (str, int, float)) else bool(value)
     if o.kind in ("int", "float"):
-        return int(value) if o.kind == "int" else float(value)
+        number = int(value) if o.kind == "int" else float(value)
+        return f"{number:g}" if optional_number(name) else number
     return str(value)
+
+
+def form_batch(value) -> int | None:
+    """The form's Batch field -> a batch, or None for the preset's."""
+    if value is None or str(value).strip() == "":
+        return None
+    o = settings.OPTION["batch"]
+    return _number(o, value, o.label)
+
+
+def _number(o, value, what):
+    """A form number (typed text or a number) -> int or float; UserError naming the field."""
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {str(value).strip()!r} is not a number; leave it empty for the preset's") from None
+    if o.kind == "int":
+        if not number.is_integer():
+            raise UserError(f"{what} {str(value).strip()!r} is not a whole number")
+        return int(number)
+    return number
 
 
 def form_flags(values: dict) -> dict:
@@ -242,12 +271,10 @@ def form_flags(values: dict) -> dict:
         o, value = settings.OPTION[name], values.get(name)
         if name == "aug":
             value = aug
-        elif aug not in FORM_ONLY_WITH_AUG.get(name, (aug,)) or value is None or value == "":
+        elif aug not in FORM_ONLY_WITH_AUG.get(name, (aug,)) or value is None or str(value).strip() == "":
             continue
-        elif o.kind == "int":
-            value = int(value)
-        elif o.kind == "float":
-            value = float(value)
+        elif o.kind in ("int", "float"):
+            value = _number(o, value, o.label or o.flag)
         elif o.kind == "bool":
             value = bool(value)
         out[name] = value
@@ -376,6 +403,8 @@ def _form_field(name: str):
         return gr.Dropdown(METRICS, value=value, **kw)
     if o.kind == "bool":
         return gr.Checkbox(value=bool(value), **kw)
+    if optional_number(name):
+        return gr.Textbox(value="", placeholder="the preset's", max_lines=1, **kw)
     return gr.Number(value=value, precision=0 if o.kind == "int" else None, minimum=o.low, maximum=o.high, **kw)
 
 
@@ -493,7 +522,7 @@ def _form_filling(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
                 return gr.skip()
             info = dataset_summary(data)
             est = estimate.known(sup, int(info.get("resolution") or 32), int(info.get("count") or 0), cfg,
-                                 int(batch_v) if batch_v else None)
+                                 form_batch(batch_v))
         except (UserError, OSError, ValueError):
             return gr.skip()
         return estimate.describe(est, float(kimg_v or 0)) if est else gr.skip()
@@ -620,7 +649,7 @@ def _estimate_button(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> Non
         info = dataset_summary(data)
         progress(0, desc="Timing a few training steps")
         est = estimate.estimate(sup, data, int(info.get("resolution") or 32), int(info.get("channels") or 3), cfg,
-                                int(batch_v) if batch_v else None, size=int(info.get("count") or 0))
+                                form_batch(batch_v), size=int(info.get("count") or 0))
         quality = quality_text(cfg, float(kimg_v or 0), int(info.get("resolution") or 0))
         return estimate.describe(est, float(kimg_v or 0)) + ("\n\n" + quality if quality else "")
 
