@@ -154,3 +154,22 @@ def test_direction_sliders_work_before_find_directions(page, server):  # noqa: F
     no_error(pg)
     box, img = pg.locator("#explore-image").bounding_box(), pg.locator("#explore-image img").bounding_box()
     assert img["height"] >= 0.9 * box["height"] - 2  # drawn to its box, not at the network's 32 px
+
+
+def test_a_file_that_is_not_a_picture_is_refused_on_arrival(page, server):  # noqa: F811 (pytest fixtures)
+    """A text file named .png is refused when it is dropped, by its own name (no server path), and the drop area
+    comes back for the next try (no Error badge in its place)."""
+    pg = page
+    pg.get_by_role("tab", name="Explore", exact=True).click()
+    fake = Path(tempfile.mkdtemp()) / "not-really.png"
+    fake.write_text("this is text, not a picture")
+    if not pg.locator("#explore-upload").is_visible():
+        pg.get_by_role("button", name=re.compile(r"^Project a picture")).click()
+    pg.locator("#explore-upload input[type=file]").set_input_files(str(fake))
+    toast = pg.locator(".toast-body").filter(has_text="not-really.png")
+    expect(toast).to_be_visible(timeout=30_000)
+    text = toast.inner_text()
+    assert "is not a picture this program can read" in text and "/tmp" not in text and "gradio" not in text, text
+    expect(pg.locator("#explore-upload input[type=file]")).to_have_count(1, timeout=10_000)  # the drop area again
+    assert pg.locator("#explore-upload .error").count() == 0
+    pg.locator(".toast-close").last.click()

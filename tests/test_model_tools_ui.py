@@ -63,13 +63,23 @@ def test_blend_and_average_land_in_the_picker(studio):
         model_tools.average_networks(studio, [newer])
     with pytest.raises(UserError, match="split"):
         model_tools.blend_networks(studio, older, newer, None)
+    with pytest.raises(UserError, match=r"^a split of 8 px does not fit 8 px networks: choose one of 4 px$"):
+        model_tools.blend_networks(studio, older, newer, 8)
+
+
+def test_blend_offers_only_the_network_s_blend_points():
+    assert model_tools.blend_points(8) == [4] and model_tools.blend_points(16) == [4, 8]
+    points = model_tools.blend_points(256)
+    assert points == [4, 8, 16, 32, 64, 128] and model_tools.default_split(points) == 16
+    assert model_tools.default_split([]) is None
 
 
 def test_panel_builds_beside_a_picker(studio):
     with gr.Blocks():
         picker = gr.Dropdown(labels(studio), value=labels(studio)[0], label="Network")
         parts = model_tools.build(studio, picker)
-    assert parts["other"].choices and parts["split"].value == 16
+    # 8 px networks: the only blend point is 4 px, and it is the one offered.
+    assert parts["other"].choices and parts["split"].value == 4 and [c[1] for c in parts["split"].choices] == [4]
 
 
 def test_file_names_come_from_the_picked_file_not_the_label(studio):

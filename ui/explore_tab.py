@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -278,7 +279,10 @@ def build(studio: Studio):
         path = studio.check_upload(path, "picture")
         net = load(studio, label)
         G = net["G_ema"]
-        target = proj.load_target(path, G)
+        try:
+            target = proj.load_target(path, G)
+        except UserError as e:  # named by the file the visitor chose, not by the server's copy of it
+            raise UserError(str(e).replace(f"target {path}", path.name).replace(str(path), path.name)) from None
         loss_fn = proj.make_loss(loss_v, G, D=net.get("D"))
         n = int(steps_v)
         if not 1 <= n <= MAX_PROJECT_STEPS:
@@ -297,6 +301,36 @@ def build(studio: Studio):
                 yield (both, text, ws, ws, f"Source: projection of {path.name} ({s.step} steps)",
                        {"kind": "projection", "picture": path.name, "steps": s.step, "loss": loss_fn.name},
                        explore.render(G, s.ws, noise_mode=noise_v))
+
+    def on_upload(path):
+        """A picture is checked when it arrives: anything else is refused at once, by its name, and the drop area
+        comes back (a later Project would fail on it)."""
+        if not path:
+            return gr.skip()
+        try:
+            studio.check_upload(path, "picture")
+            picture_problem = _picture_problem(path)
+        except UserError as e:
+            picture_problem = str(e)
+        if picture_problem:
+            gr.Warning(picture_problem)
+            return None
+        return gr.skip()
+
+    def _picture_problem(path):
+        from PIL import Image
+
+        name = Path(str(path)).name
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Image.DecompressionBombError:
+            return f"{name} is too large to open; shrink it first"
+        except Exception:
+            return f"{name} is not a picture this program can read: upload a PNG, JPEG or WebP file"
+        return ""
+
+    upload.upload(on_upload, upload, upload, api_name=False)
 
     proj_event = project_btn.click(
         on_project, [network, upload, steps, space, loss, class_idx, noise],

@@ -22,6 +22,27 @@ _SUFFIX = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onn
 SPLITS = [4, 8, 16, 32, 64, 128, 256, 512]
 
 
+def blend_points(resolution: int) -> list[int]:
+    """The splits a network of `resolution` px can be blended at: 4 px up to half its resolution (the highest
+    resolution taken from the network above; at least one block comes from the other)."""
+    return [s for s in SPLITS if s <= int(resolution) // 2]
+
+
+def _blend_points_of(studio: Studio, label) -> list[int]:
+    """blend_points of the network behind a picker label ([] when there is none or it cannot be read)."""
+    from ui.networks import load
+
+    try:
+        return blend_points(int(load(studio, label)["G_ema"].img_resolution)) if label else []
+    except (UserError, OSError):
+        return []
+
+
+def default_split(points: list[int]):
+    """The middle blend point (pose and shape from one network, texture and colour from the other)."""
+    return points[(len(points) - 1) // 2] if points else None
+
+
 def _default_choices(studio: Studio):
     from ui.networks import network_choices
 
@@ -95,7 +116,14 @@ def blend_networks(studio: Studio, label_a: str, label_b: str, split, mapping: s
     a = _path(studio, choices, label_a, "network A")
     b = _path(studio, choices, label_b, "network B")
     if split in (None, ""):
-        raise UserError("choose the split resolution: the highest resolution taken from network A")
+        raise UserError("choose the split: the highest resolution taken from the network above")
+    from ui.networks import load
+
+    resolution = int(load(studio, label_a)["G_ema"].img_resolution)
+    points = blend_points(resolution)
+    if int(split) not in points:
+        raise UserError(f"a split of {int(split)} px does not fit {resolution} px networks: choose one of "
+                        f"{', '.join(f'{p} px' for p in points)}")
     out = _new_network_path(studio, f"blend-{_stem(label_a, a)}-{_stem(label_b, b)}-split{int(split)}")
     done = blend_files(str(a), str(b), int(split), out, mapping=mapping, log=lambda *_: None)
     report = (f"Blended: {span_text(done['from_a'])} from {label_a}, {span_text(done['from_b'])} from {label_b}, "
@@ -146,8 +174,10 @@ def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
                     "architecture (high resolutions: texture, colour), e.g. a base network and a fine-tuned copy.")
         with gr.Row():
             other = gr.Dropdown(labels, value=None, label="Network B (high resolutions)", elem_id="blend-b", scale=4)
-            split = gr.Dropdown(SPLITS, value=16, label="Split: highest resolution from the network above",
-                                elem_id="blend-split", scale=2)
+            points = _blend_points_of(studio, network.value)
+            split = gr.Dropdown(points, value=default_split(points),
+                                label="Split: highest resolution from the network above", elem_id="blend-split",
+                                scale=2)
             mapping = gr.Radio(["a", "b"], value="a", label="Mapping network from", elem_id="blend-mapping",
                                scale=1)
         blend_btn = gr.Button("Blend", elem_id="blend-btn")
@@ -166,6 +196,13 @@ def build(studio: Studio, network: gr.Dropdown, choices=_default_choices):
 
     export_btn.click(do_export, [network, fmt, untrained], [export_files, export_md], api_name="export_network",
                      concurrency_id="gpu", concurrency_limit=1)
+
+    def on_network(label):
+        """The split offers only the blend points of the network above, its middle one chosen."""
+        points = _blend_points_of(studio, label)
+        return gr.update(choices=points, value=default_split(points))
+
+    network.change(on_network, network, split, api_name=False)
 
     def _picker_update(new_label):
         ch = list(choices(studio))
