@@ -23,8 +23,8 @@ import fuzzing
 # Cases per class, in two children side by side (two cores), each group about as long as the other: the network
 # classes load a network per case (10-20 ms of CPU), the others take a few ms, and the uploads child first builds
 # the dashboard (seconds). The fast path stays within about ten seconds of CPU per child.
-FAST = [{"pt": 150, "nvidia": 100, "tf": 100},
-        {"safetensors": 200, "dataset": 300, "latents": 300, "uploads": 60}]
+FAST = [{"pt": 200, "nvidia": 200, "tf": 200},
+        {"safetensors": 200, "dataset": 300, "latents": 300, "uploads": 200}]
 SLOW = [{"pt": 2000, "nvidia": 2000},
         {"tf": 2000, "safetensors": 2000, "dataset": 3000, "latents": 3000, "uploads": 1000}]
 # The slow path starts past the fast path's cases, so that it tries new ones.
