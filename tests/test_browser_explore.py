@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_browser import field, no_error, page, server, wait_text  # noqa: F401 (the fixtures are used by name)
+from test_browser import field, no_error, page, server, shot, wait_text  # noqa: F401 (the fixtures are used by name)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -94,6 +94,7 @@ def test_project_edit_save_and_walk(page, server):  # noqa: F811 (pytest fixture
     field(pg, "explore-name").fill("photo minus")
     pg.locator("#explore-save").click()
     wait_text(pg, "#explore-save-status", "saved 'photo minus' (edit)", 60)
+    shot(pg, "explore")  # for the README: the live view, the projection and the library
     library = studio / "latents"
     assert {p.name for p in library.glob("*.npz")} == {"photo plus.npz", "photo minus.npz"}
 

@@ -125,7 +125,8 @@ def build(studio: Studio):
                 save_btn = gr.Button("Save current latent", elem_id="explore-save")
             saved = gr.Dropdown([], label="Saved latents of this network", elem_id="explore-saved")
             load_btn = gr.Button("Load", elem_id="explore-load")
-            gallery = gr.Gallery(label="Library", columns=8, height="auto", elem_id="explore-gallery")
+            gallery = gr.Gallery(label="Library", columns=8, height="auto", object_fit="contain",
+                                 elem_id="explore-gallery")
             save_md = gr.Markdown(elem_id="explore-save-status")
             with gr.Row():
                 walk_names = gr.Textbox(label="GIF through saved latents", placeholder="names in order, e.g. a,b,c",
