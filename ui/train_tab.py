@@ -361,7 +361,7 @@ def _settings_form(studio: Studio) -> SimpleNamespace:
         kimg = gr.Number(value=20, minimum=0.001, label="Length (kimg)", elem_id="train-kimg",
                          info="thousands of images shown to D")
     fields = {}
-    with gr.Accordion("More settings", open=False):
+    with gr.Accordion("More settings", open=False) as more:
         for row in FORM_ROWS:
             with gr.Row():
                 for name in row:
@@ -382,7 +382,7 @@ def _settings_form(studio: Studio) -> SimpleNamespace:
     with gr.Group():
         estimate_btn = gr.Button("Estimate time on this machine", size="sm", elem_id="train-estimate-btn")
         estimate_md = gr.Markdown(elem_id="train-estimate")
-    return SimpleNamespace(dataset=dataset, preset=preset, kimg=kimg, **fields, start_from=start_from,
+    return SimpleNamespace(dataset=dataset, preset=preset, kimg=kimg, **fields, more=more, start_from=start_from,
                            snapshot=snapshot, upload=upload, freezed=freezed, force=force, start_btn=start_btn,
                            stop_btn=stop_btn, resume_btn=resume_btn, estimate_btn=estimate_btn,
                            estimate_md=estimate_md)
@@ -529,6 +529,21 @@ def _form_filling(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
 
     c.fill = fill_form
     c.fill_outputs = [*form_fields, c.form_of, c.estimate_md]
+
+    # A field of the closed "More settings" is drawn when the section is first opened, and may then show its
+    # initial value instead of an update it received while closed: the first opening shows the filled settings
+    # again (nobody can have typed into them before).
+    settings_fields = [getattr(c, name) for name in FORM_OPTIONS]
+    opened = gr.State(False)
+
+    def on_first_open(filled, was_opened):
+        v = chosen_view((filled or {}).get("run")) if (filled or {}).get("run") and not was_opened else None
+        vals = form_values(v) if v is not None else None
+        if vals is None:
+            return (*[gr.skip() for _ in settings_fields], True)
+        return (*[gr.update(value=vals[name]) for name in FORM_OPTIONS], True)
+
+    c.more.expand(on_first_open, [c.form_of, opened], [*settings_fields, opened], api_name=False)
 
 
 def _start_stop_resume(studio: Studio, sup: Supervisor, c: SimpleNamespace) -> None:
