@@ -252,34 +252,29 @@ def discriminator_variable(name, t):
     raise KeyError(name)
 
 
+def _tf_entries(module, variable, where):
+    """variable(name, tensor) of every tensor of `module` -> the entries that have one (None: a tensor TF-era
+    networks do not store); a tensor without a TF-era name is refused."""
+    for name, t in module.state_dict().items():
+        try:
+            entry = variable(name, t)
+        except KeyError:
+            _refuse(where, f"tensor {name} has no TF-era variable name")
+        if entry is not None:
+            yield entry
+
+
 def generator_variables(G, where="G"):
     """Our Generator -> {'': own variables, 'mapping': {...}, 'synthesis': {...}} ({TF name: array})."""
     out = {"": {}, "mapping": {}, "synthesis": {}}
-    for name, t in G.state_dict().items():
-        try:
-            entry = generator_variable(name, t)
-        except KeyError:
-            entry = False
-        if entry is False:
-            _refuse(where, f"tensor {name} has no TF-era variable name")
-        if entry is not None:
-            out[entry[0]][entry[1]] = entry[2]
+    for part, tf_name, array in _tf_entries(G, generator_variable, where):
+        out[part][tf_name] = array
     return out
 
 
 def discriminator_variables(D, where="D"):
     """Our Discriminator -> {TF name: array}."""
-    out = {}
-    for name, t in D.state_dict().items():
-        try:
-            entry = discriminator_variable(name, t)
-        except KeyError:
-            entry = False
-        if entry is False:
-            _refuse(where, f"tensor {name} has no TF-era variable name")
-        if entry is not None:
-            out[entry[0]] = entry[1]
-    return out
+    return dict(_tf_entries(D, discriminator_variable, where))
 
 
 # --------------------------------------------------------------------------------------------------------------

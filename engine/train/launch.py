@@ -71,7 +71,7 @@ def prepare_and_claim(options: TrainOptions, world_size: int):
         if not continues_in_place(cfg):
             if lock is not None:
                 lock.release()
-            return cfg, claim_run(cfg)
+            return cfg, claim_folder(cfg.run_dir)
         if lock is not None and Path(cfg.run_dir).resolve() == Path(guess).resolve():
             return cfg, lock
         # Between the look and the lock another run became the one to continue: look again.
@@ -81,13 +81,9 @@ def prepare_and_claim(options: TrainOptions, world_size: int):
                     f"chose one to continue; try again when the other trainings have started")
 
 
-def claim_run(cfg):
-    """Lock the run folder for this process (one trainer per run) and clear the temporaries of killed ones."""
-    return claim_folder(cfg.run_dir)
-
-
 def claim_folder(run_dir):
-    """Lock `run_dir` for this process and clear the temporaries of killed trainers there and beside it."""
+    """Lock `run_dir` for this process (one trainer per run) and clear the temporaries of killed trainers there and
+    beside it."""
     from engine.fsutil import format_bytes
     from engine.train import runlock
 

@@ -3,10 +3,12 @@
 Only rank 0 writes; the other ranks hold the same objects so that every rank runs the same code.
 """
 
+import os
 import random
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +106,6 @@ class StatusWriter:
 def launched_at():
     """When the training command started: the stop requests made since then are this trainer's. Workers of
     --gpus N inherit the launcher's time through the environment."""
-    import os
-
     try:
         return float(os.environ["STUDIO_LAUNCHED_AT"])
     except (KeyError, ValueError):
@@ -115,8 +115,6 @@ def launched_at():
 
         return float(psutil.Process().create_time())
     except Exception:
-        import time
-
         return time.time()
 
 
@@ -144,8 +142,6 @@ class StopRequest:
     def requested(self):
         if self._flag or self.run_dir is None:
             return self._flag
-        import time
-
         now = time.monotonic()
         if now >= self._next_look:
             self._next_look = now + self._LOOK_EVERY_S
