@@ -132,9 +132,7 @@ class Supervisor:
         self.python = python
         self._slots = slots
         self._procs: dict[int, subprocess.Popen] = {}
-        self._guard = threading.RLock()
-        self._guard_depth = 0
-        self._guard_fd = None
+        self._guard = threading.Lock()
 
     @contextmanager
     def _one_launch_at_a_time(self):
@@ -142,16 +140,11 @@ class Supervisor:
         dashboards on one workdir) must not both see a free GPU or a stopped run. A thread lock inside this
         process, and a lock file in .supervisor/ between processes."""
         with self._guard:
-            self._guard_depth += 1
+            fd = _lock_file(self.records_dir / ".launch.lock")
             try:
-                if self._guard_depth == 1:
-                    self._guard_fd = _lock_file(self.records_dir / ".launch.lock")
                 yield
             finally:
-                self._guard_depth -= 1
-                if self._guard_depth == 0 and self._guard_fd is not None:
-                    _unlock_file(self._guard_fd)
-                    self._guard_fd = None
+                _unlock_file(fd)
 
     # ------------------------------------------------------------------ records
     def _records(self) -> list[dict]:
