@@ -42,7 +42,7 @@ def _pick_many(pg, elem_id, names):
     box = field(pg, elem_id)
     for name in names:
         box.click()
-        pg.get_by_role("option", name=name, exact=True).click()
+        pg.locator(f"#{elem_id}").get_by_role("option", name=name, exact=True).click()
     pg.keyboard.press("Escape")
     for name in names:
         expect(pg.locator(f"#{elem_id}")).to_contain_text(name)
@@ -173,4 +173,58 @@ def test_a_file_that_is_not_a_picture_is_refused_on_arrival(page, server):  # no
     assert "is not a picture this program can read" in text and "/tmp" not in text and "gradio" not in text, text
     expect(pg.locator("#explore-upload input[type=file]")).to_have_count(1, timeout=10_000)  # the drop area again
     assert pg.locator("#explore-upload .error").count() == 0
+    pg.locator(".toast-close").last.click()
+
+
+def _visible_error_badges(pg):
+    return [b for b in pg.locator("[data-testid=status-tracker] .error").all() if b.is_visible()]
+
+
+def test_an_error_leaves_what_the_user_had(page, server):  # noqa: F811 (pytest fixtures)
+    """A failed event is a message only: the last grid and its download stay under a refused seed list, and a
+    failed Blend keeps the networks the user chose (no "Error" badge in place of any of them)."""
+    pg = page
+    _, work = server
+    pg.get_by_role("tab", name="Generate", exact=True).click()
+    field(pg, "generate-seeds").fill("0-3")
+    pg.locator("#generate-btn").click()
+    expect(pg.locator("#generate-gallery img")).to_have_count(4, timeout=60_000)
+    expect(pg.locator("#generate-files")).to_contain_text(".png", timeout=30_000)
+    grid = [img.get_attribute("src") for img in pg.locator("#generate-gallery img").all()]
+    files = pg.locator("#generate-files").inner_text()
+
+    field(pg, "generate-seeds").fill("abc")
+    pg.locator("#generate-btn").click()
+    toast = pg.locator(".toast-body.error").filter(has_text="abc")
+    expect(toast).to_be_visible(timeout=30_000)
+    pg.wait_for_timeout(500)
+    assert [img.get_attribute("src") for img in pg.locator("#generate-gallery img").all()] == grid
+    assert pg.locator("#generate-gallery img").first.is_visible()
+    assert pg.locator("#generate-files").inner_text() == files
+    assert field(pg, "generate-seeds").input_value() == "abc"
+    assert _visible_error_badges(pg) == []
+    pg.locator(".toast-close").last.click()
+
+    # A blend that fails (network B is damaged) leaves both pickers and the averaging choice as they were.
+    uploads = work / "studio" / "uploads" / "networks"
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "damaged.pt").write_bytes(b"not a network at all")
+    pg.locator("#generate-refresh").click()
+    label = "uploaded / damaged.pt"
+    if not pg.locator("#blend-b").is_visible():
+        pg.locator("#model-tools").get_by_text("Export and blend").first.click()
+    choose_b = field(pg, "blend-b")
+    choose_b.click()
+    pg.locator("#blend-b").get_by_role("option", name=label, exact=True).click()
+    expect(choose_b).to_have_value(label)
+    _pick_many(pg, "average-networks", [label])
+    network_before = field(pg, "generate-network").input_value()
+    pg.locator("#blend-btn").click()
+    toast = pg.locator(".toast-body.error").filter(has_text="damaged.pt")
+    expect(toast).to_be_visible(timeout=60_000)
+    pg.wait_for_timeout(500)
+    assert field(pg, "blend-b").input_value() == label
+    expect(pg.locator("#average-networks")).to_contain_text(label)
+    assert field(pg, "generate-network").input_value() == network_before
+    assert _visible_error_badges(pg) == []
     pg.locator(".toast-close").last.click()
