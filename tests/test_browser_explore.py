@@ -120,6 +120,19 @@ def test_project_edit_save_and_walk(page, server):  # noqa: F811 (pytest fixture
     assert np.abs(first - plus).mean() < np.abs(first - minus).mean()
     assert np.abs(middle - minus).mean() < np.abs(middle - plus).mean()
 
+    # A grid of two seeds and a saved latent: every tile is drawn the same way, pixel-sharp at the same size.
+    field(pg, "generate-seeds").fill("0-1")
+    _pick_many(pg, "generate-saved", ["photo plus"])
+    pg.locator("#generate-btn").click()
+    expect(pg.locator("#generate-gallery img")).to_have_count(3, timeout=60_000)
+    pg.wait_for_timeout(500)
+    tiles = pg.locator("#generate-gallery img").evaluate_all(
+        "imgs => imgs.map(i => [i.naturalWidth, getComputedStyle(i).imageRendering,"
+        " Math.round(i.getBoundingClientRect().width)])")
+    assert len({(n, r, w) for n, r, w in tiles}) == 1, tiles
+    natural, rendering, width = tiles[0]
+    assert natural == 32 and rendering == "pixelated" and width >= 2 * natural, tiles
+
 
 def test_error_messages_read_as_written(page, server):  # noqa: F811 (pytest fixtures)
     """A refused value is quoted in the message: the page shows the quotes (and any markup the user typed) as
