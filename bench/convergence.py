@@ -50,7 +50,7 @@ def trainer_flags(args):
     """The trainer flags this setting changes (besides data, seed, length and ticks)."""
     flags = []
     for name in ("batch", "gamma", "glr", "dlr", "map", "cbase", "cmax", "ema", "target", "aug", "mirror",
-                 "augpipe", "mbstd_group"):
+                 "augpipe", "mbstd_group", "lecam", "apa", "apa_target"):
         value = getattr(args, name)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", str(value)]
@@ -132,8 +132,9 @@ def train_one(args, seed, run_root, log_path):
 
 
 def snapshot_points(run_dir):
-    """[(point, kimg, snapshot path, wall s, cpu s)] from the run's stats.jsonl and its snapshots, in order; point
-    is the tick's number (one snapshot a tick), so it stays the same when older snapshots were deleted.
+    """[(point, kimg, snapshot path, wall s, cpu s, the tick's stats)] from the run's stats.jsonl and its snapshots,
+    in order; point is the tick's number (one snapshot a tick), so it stays the same when older snapshots were
+    deleted.
 
     Each snapshot keeps its own file (engine/runs.py): NVIDIA's name KKKKKK belongs to the first tick that ended
     within kimg KKKKKK, a finer name KKKKKK_III to the tick that ended at exactly that many images.
@@ -155,7 +156,7 @@ def snapshot_points(run_dir):
             continue
         t = ticks[-1]
         points.append((int(t["Progress/tick"]["mean"]), t["Progress/kimg"]["mean"], snap, t["Timing/total_sec"]["mean"],
-                       t.get("Resources/process_cpu_sec", {}).get("mean")))
+                       t.get("Resources/process_cpu_sec", {}).get("mean"), t))
     return points
 
 
@@ -249,8 +250,9 @@ def summary_markdown(records):
         lines.append(f"trainer flags: `--cfg {first['cfg']} {' '.join(first['flags'])}`; {first['num_gen']} generated "
                      f"vs {first['num_real']} real images, detector {first['detector']}")
         lines.append("")
-        lines.append("| kimg | KID mean | KID seed sd | KID per seed | FID mean | FID per seed | CPU min | wall min |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| kimg | KID mean | KID seed sd | KID per seed | FID mean | FID per seed | CPU min | wall min | "
+                     "p ADA / APA |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for idx in sorted(points):
             rs = sorted(points[idx], key=lambda r: r["seed"])
             kid_m, kid_sd = _mean_std([r["kid"] for r in rs])
@@ -261,8 +263,11 @@ def summary_markdown(records):
             kids = ", ".join("%.4f" % r["kid"] for r in rs)
             fids = ", ".join("%.1f" % r["fid"] for r in rs)
             sd = f"{kid_sd:.4f}" if len(rs) > 1 else "- (1 seed)"
+            ada_p, _ = _mean_std([r.get("augment_p") for r in rs])
+            apa_p, _ = _mean_std([r.get("apa_p") for r in rs])
+            ps = " / ".join("-" if v is None else f"{v:.3f}" for v in (ada_p, apa_p))
             lines.append(f"| {kimg_m:.2f} | {kid_m:.4f} | {sd} | {kids} | {fid_m:.1f} | {fids} | "
-                         f"{(cpu_m or 0) / 60:.2f} | {wall_m / 60:.2f} |")
+                         f"{(cpu_m or 0) / 60:.2f} | {wall_m / 60:.2f} | {ps} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -480,6 +485,9 @@ def main():
     g.add_argument("--target", type=float, help="ADA target")
     g.add_argument("--mirror", choices=["0", "1"])
     g.add_argument("--pl", choices=["on", "off"], help="path-length regularisation (weight 2 or 0; default: the preset's)")
+    g.add_argument("--lecam", type=float, help="LeCam regularisation weight (0: off)")
+    g.add_argument("--apa", choices=["0", "1"], help="adaptive pseudo augmentation off/on")
+    g.add_argument("--apa-target", type=float, help="APA target")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer flags, e.g. -- --style-mixing 0")
     args = ap.parse_args()
     args.extra = [a for a in args.extra if a != "--"]
@@ -539,7 +547,7 @@ def main():
         else:
             run_dir, ended = train_one(args, seed, run_root, out / f"train-{safe}-seed{seed}.log")
         records = []
-        for idx, kimg, snap, wall_s, cpu_s in snapshot_points(run_dir):
+        for idx, kimg, snap, wall_s, cpu_s, tick in snapshot_points(run_dir):
             G = load_network(snap, args.device)["G_ema"]
             t0 = time.time()
             kid, fid = evaluator(G)
@@ -552,7 +560,10 @@ def main():
                    "cfg": args.cfg, "flags": trainer_flags(args), "data_name": args.data.name, "ref": ref.name,
                    "num_gen": args.images, "num_real": evaluator.num_real,
                    "resolution": int(getattr(evaluator.dataset, "resolution", 0) or 0), "detector": evaluator.det.name,
-                   "eval_s": round(eval_s, 1), "machine": machine, "date": time.strftime("%Y-%m-%d")}
+                   "eval_s": round(eval_s, 1), "machine": machine, "date": time.strftime("%Y-%m-%d"),
+                   # where the adaptive probabilities stood (mean over the tick): ADA's, and APA's when it was on
+                   "augment_p": tick.get("Progress/augment", {}).get("mean"),
+                   "apa_p": tick.get("Progress/apa_p", {}).get("mean")}
             records.append(rec)
             print(json.dumps({k: rec[k] for k in ("setting", "seed", "kimg", "kid", "fid", "wall_s", "cpu_s")}),
                   flush=True)

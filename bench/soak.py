@@ -120,7 +120,7 @@ def client_for(url: str, folder: Path):
 def train_args(dataset: str, kimg: float, batch: int, snap: int, tick: float) -> tuple:
     """The Train tab's form for a new run of the tiny preset from scratch (order of /train_start's inputs)."""
     return (dataset, "tiny", kimg, batch, None, snap, tick, "ADA (adaptive)", "bgc", None, None, False, False,
-            "none", 0, "Scratch", None, None, 0, False)
+            "none", 0, "", "the preset's", "", "Scratch", None, None, 0, False)
 
 
 def trainer_pids(app_pid: int) -> dict[int, psutil.Process]:

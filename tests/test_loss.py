@@ -263,3 +263,137 @@ def test_all_phases_under_bf16_autocast_on_real_networks():
         assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads), phase
     assert int(loss.nonfinite) == 0 and loss.pl_mean.dtype == torch.float32 and float(loss.pl_mean) > 0
     assert not torch.equal(G.mapping.w_avg, w_avg)  # updated in Dmain without a dtype clash
+
+
+# -- LeCam regularisation and adaptive pseudo augmentation ------------------------------------------------------
+
+
+def test_lecam_term_on_known_numbers():
+    """D outputs a constant b: the term is weight * ((b - a_F)^2 + (b - a_R)^2) with the averages moved first."""
+    G, D, loss, stats = make(lecam_weight=0.5)
+    with torch.no_grad():
+        D.w.zero_()
+        D.b.fill_(2.0)
+    loss.lecam_real.fill_(1.0)
+    loss.lecam_fake.fill_(-1.0)
+    D.requires_grad_(True)
+    loss.accumulate_gradients("Dmain", *batch(), gain=1.0)
+    # a_F: -1 -> 0.99 * -1 + 0.01 * 2 = -0.97 (moved before the real side uses it); a_R: 1 -> 1.01
+    assert loss.lecam_fake.item() == pytest.approx(-0.97) and loss.lecam_real.item() == pytest.approx(1.01)
+    s = stats.collect(type("E", (), {"active": False, "world_size": 1})())
+    # fake side with the a_R it found (1.0): (2 - 1)^2 = 1; real side with a_F = -0.97: 2.97^2 = 8.8209
+    assert s["Loss/D/lecam"]["mean"] == pytest.approx(0.5 * (1.0 + 8.8209), rel=1e-6)
+    assert s["Loss/D/loss"]["mean"] == pytest.approx(np.log1p(np.exp(2.0)) + np.log1p(np.exp(-2.0)), rel=1e-6)
+    # d/db: softplus'(b) - softplus'(-b) + 0.5 * (2 (b - a_R) + 2 (b - a_F))
+    sig = 1 / (1 + np.exp(-2.0))
+    assert D.b.grad.item() == pytest.approx(sig - (1 - sig) + 0.5 * (2 * 1.0 + 2 * 2.97), rel=1e-6)
+
+
+def test_lecam_gradient_matches_the_loss_by_hand_and_is_off_at_weight_0():
+    G, D, loss, _ = make(lecam_weight=0.3)
+    loss.lecam_real = torch.tensor(0.2, dtype=torch.float64)
+    loss.lecam_fake = torch.tensor(-0.4, dtype=torch.float64)
+    real, real_c, z, c = batch()
+    D.requires_grad_(True)
+    loss.accumulate_gradients("Dmain", real, real_c, z, c, gain=2.0)
+    got = grads(D)
+    D.zero_grad()
+    with torch.no_grad():
+        fake = G.synthesis(G.mapping(z, c))
+    l_fake, l_real = fake.flatten(1) @ D.w + D.b, real.flatten(1) @ D.w + D.b
+    a_fake = 0.99 * -0.4 + 0.01 * l_fake.mean().item()
+    a_real = 0.99 * 0.2 + 0.01 * l_real.mean().item()
+    total = (F.softplus(l_fake).mean() + F.softplus(-l_real).mean()
+             + 0.3 * ((l_real - a_fake).square().mean() + (l_fake - 0.2).square().mean()))
+    (total * 2.0).backward()
+    for n, p in D.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-10, atol=1e-12), n
+    assert loss.lecam_real.item() == pytest.approx(a_real, rel=1e-12)
+    assert loss.lecam_fake.item() == pytest.approx(a_fake, rel=1e-12)
+    # Off (weight 0): the plain logistic loss, the averages never move.
+    G, D, plain, stats = make()
+    D.requires_grad_(True)
+    plain.accumulate_gradients("Dmain", real, real_c, z, c, gain=2.0)
+    assert plain.lecam_real.item() == 0 and plain.lecam_fake.item() == 0
+    assert "Loss/D/lecam" not in stats.collect(type("E", (), {"active": False, "world_size": 1})())
+
+
+def test_apa_picks_the_fraction_p_and_draws_nothing_at_0():
+    from engine.train.augment import ApaController
+
+    apa = ApaController()
+    assert apa.p == 0
+    state = torch.get_rng_state()
+    assert apa.pick(1000).numel() == 0 and torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(0)
+    for p in (0.1, 0.5, 0.9):
+        apa.pipe.p = p
+        picked = apa.pick(20000)
+        assert picked.unique().numel() == picked.numel() and abs(picked.numel() / 20000 - p) < 0.015
+    apa.pipe.p = 1.0
+    assert torch.equal(apa.pick(7), torch.arange(7))
+
+
+def test_apa_p_moves_like_adas_towards_its_target_within_0_and_1():
+    from engine.train.augment import ApaController
+
+    apa = ApaController(target=0.6, interval=4, speed_kimg=500, batch_size=32)
+    step = 32 * 4 / 500_000
+    assert apa.update((8.0, 10.0)) == pytest.approx(step)  # r_t 0.8 above the target: up
+    assert apa.update((9.0, 10.0)) == pytest.approx(2 * step)
+    assert apa.update((2.0, 10.0)) == pytest.approx(step)  # below: down
+    assert apa.update((-5.0, 10.0)) == 0 and apa.update((-5.0, 10.0)) == 0  # never below 0
+    apa.pipe.p = 1.0
+    assert apa.update((10.0, 10.0)) == 1.0
+    saved = apa.state_dict()
+    again = ApaController()
+    again.load_state_dict(saved)
+    assert again.p == 1.0 and again.target == 0.6
+
+
+class RecordingD(LinearD):
+    """LinearD that keeps every batch it was shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, img, c, update_emas=False):
+        self.seen.append(img.detach().clone())
+        return super().forward(img, c, update_emas)
+
+
+def test_apa_shows_generated_images_as_real_and_keeps_the_statistics_on_the_genuine_reals():
+    from engine.train.augment import AdaController, ApaController, make_pipe
+
+    apa = ApaController(target=0.6)
+    apa.pipe.p = 0.5
+    pipe = make_pipe("bgc")
+    pipe.p = 0.0  # (augmentation off, so D sees exactly the images it is given)
+    ada = AdaController(pipe)
+    G, D, loss, stats = make(D_cls=RecordingD, apa=apa, ada=ada)
+    loss.augment_pipe = None
+    real, real_c, z, c = batch(n=16)
+    torch.manual_seed(5)
+    expect_swapped = torch.nonzero(torch.rand([16]) < 0.5).flatten()
+    assert 0 < expect_swapped.numel() < 16
+    torch.manual_seed(5)
+    D.requires_grad_(True)
+    loss.accumulate_gradients("Dmain", real, real_c, z, c)
+    shown_real = D.seen[-1]
+    same = (shown_real == real).flatten(1).all(1)
+    assert torch.equal(torch.nonzero(~same).flatten(), expect_swapped)  # exactly the picked ones replaced
+    # The replacements are images of G (values from its tanh, unlike the fakes of this step's own latents).
+    fakes = G.synthesis(G.mapping(z, c)).detach()
+    for i in expect_swapped.tolist():
+        assert not any(torch.equal(shown_real[i], f) for f in fakes)
+    # D's logistic loss counts them as real; r_t (ADA's and APA's) and the stats see only the genuine reals.
+    genuine = same.sum().item()
+    s = stats.collect(type("E", (), {"active": False, "world_size": 1})())
+    assert s["Loss/signs/real"]["num"] == genuine and s["Loss/D/loss"]["num"] == 16
+    assert apa.acc[1].item() == genuine and ada.acc[1].item() == genuine
+    assert all(p.grad is None for p in G.parameters())
+    # In R1's pass (Dreg) nothing is replaced.
+    loss.r1_gamma = 1.0
+    loss.accumulate_gradients("Dreg", real, real_c, z, c)
+    assert torch.equal(D.seen[-1], real)

@@ -47,12 +47,18 @@ def test_user_settings_round_trip_through_a_resolved_config():
     from engine.train import presets
 
     opts = TrainOptions(data="d.zip", cfg="tiny", batch=4, gamma=0.5, snap=3, tick=0.5, mirror=True, aug="fixed",
-                        p=0.3, augpipe="bg", target=0.7, seed=5, metrics=["fid1k", "kid1k"])
+                        p=0.3, augpipe="bg", target=0.7, seed=5, metrics=["fid1k", "kid1k"], lecam=0.3, apa=True,
+                        apa_target=0.8)
     facts = {"path": "d.zip", "name": "d", "resolution": 16, "channels": 3, "label_dim": 0, "size": 10}
     cfg = presets.resolve(opts, facts, 1, "cpu").to_dict()
     assert settings.user_settings(cfg) == {
         "batch": 4, "gamma": 0.5, "snap": 3, "tick": 0.5, "mirror": True, "aug": "fixed", "augpipe": "bg",
-        "target": 0.7, "seed": 5, "cond": False, "p": 0.3, "metrics": "fid1k,kid1k"}
+        "target": 0.7, "seed": 5, "cond": False, "p": 0.3, "metrics": "fid1k,kid1k", "lecam": 0.3, "apa": True,
+        "apa_target": 0.8}
+    # A run made before LeCam and APA existed has no such fields: a resume passes none of them.
+    old = {k: v for k, v in cfg.items() if k not in ("lecam_weight", "apa", "apa_target", "apa_kimg")}
+    assert not {"lecam", "apa", "apa_target"} & set(settings.user_settings(old))
+    assert TrainConfig.from_dict(old).lecam_weight == 0 and TrainConfig.from_dict(old).apa is False
     cfg["aug"], cfg["metrics"] = "ada", []
     got = settings.user_settings(cfg)
     assert "p" not in got and got["metrics"] == "none"
@@ -79,7 +85,8 @@ def test_the_options_table_makes_the_flags_the_fields_and_the_checks():
     parsed = options_from_args(p.parse_args(["--data", "d", "--outdir", "o", "--gamma", "0", "--target", "0",
                                              "--fp32", "--device", "auto", "--mirror"]))
     assert (parsed.gamma, parsed.target, parsed.precision, parsed.device, parsed.mirror) == (0, 0, "fp32", None, True)
-    assert set(settings.RETUNABLE) == {"glr", "dlr", "gamma", "ema", "target", "style_mixing"}
+    assert set(settings.RETUNABLE) == {"glr", "dlr", "gamma", "ema", "target", "style_mixing", "lecam", "apa",
+                                       "apa_target"}
     assert {o.flag for o in settings.OPTIONS if o.on_continue == "change"} <= {
         f for f in flags if f in p.format_help().split("a continued run may change")[1]}
 
@@ -134,3 +141,66 @@ def test_gamma_0_and_target_0_from_the_form_reach_the_config():
     facts = {"path": "d.zip", "name": "d", "resolution": 16, "channels": 3, "label_dim": 0, "size": 10}
     cfg = presets.resolve(opts, facts, 1, "cpu")
     assert cfg.r1_gamma == 0 and cfg.D_reg_interval is None and cfg.ada_target == 0
+
+
+def test_lecam_and_apa_flags_reach_the_config_and_default_to_the_presets():
+    import argparse
+
+    from engine.commands.train import add_arguments, options_from_args
+    from engine.train import presets
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    facts = {"path": "d.zip", "name": "d", "resolution": 16, "channels": 3, "label_dim": 0, "size": 10}
+
+    def resolved(*flags):
+        opts = options_from_args(p.parse_args(["--data", "d.zip", "--outdir", "o", "--cfg", "tiny", *flags]))
+        return opts, presets.resolve(opts, facts, 1, "cpu")
+
+    opts, cfg = resolved()
+    assert (opts.lecam, opts.apa, opts.apa_target) == (None, None, None)  # not given: the preset's
+    assert (cfg.lecam_weight, cfg.apa, cfg.apa_target, cfg.apa_kimg) == (0, False, 0.6, 500)
+    opts, cfg = resolved("--lecam", "0.3", "--apa", "--apa-target", "0.7")
+    assert (cfg.lecam_weight, cfg.apa, cfg.apa_target) == (0.3, True, 0.7)
+    assert presets.describe(cfg).endswith("-lecam0.3-apa")
+    assert resolved("--apa", "0")[1].apa is False and resolved("--apa", "1")[1].apa is True
+    assert resolved("--lecam", "0")[1].lecam_weight == 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lecam", "-1"], "--lecam must be at least 0, got -1"),
+    (["--lecam", "inf"], "--lecam inf is not a finite number"),
+    (["--apa-target", "1.5"], "--apa-target must be within [0, 1], got 1.5")])
+def test_bad_lecam_and_apa_values_are_one_line(flags, message):
+    import argparse
+
+    from engine.commands.train import add_arguments, options_from_args
+    from engine.errors import UserError
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(UserError) as e:
+        settings.check_numbers(options_from_args(p.parse_args(["--data", "d", "--outdir", "o", *flags])))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_the_train_form_sends_lecam_and_apa_and_reads_them_back():
+    from engine.errors import UserError
+    from ui.train_tab import FORM_OPTIONS, PRESETS_CHOICE, form_flags, form_value
+
+    assert {"lecam", "apa", "apa_target"} <= set(FORM_OPTIONS)
+    empty = {name: "" for name in FORM_OPTIONS}
+    empty.update(aug="ADA (adaptive)", mirror=False, cond=False, metrics="auto", seed=0, apa=PRESETS_CHOICE)
+    flags = form_flags(empty)
+    assert not {"lecam", "apa", "apa_target"} & set(flags)  # left to the preset
+    flags = form_flags(dict(empty, lecam="0.3", apa="on", apa_target="0.7"))
+    assert (flags["lecam"], flags["apa"], flags["apa_target"]) == (0.3, True, 0.7)
+    assert form_flags(dict(empty, apa="off"))["apa"] is False
+    with pytest.raises(UserError, match="^LeCam weight must be at least 0, got -1$"):
+        form_flags(dict(empty, lecam="-1"))
+    with pytest.raises(UserError, match="^APA target must be within"):
+        form_flags(dict(empty, apa_target="2"))
+    # What a run was launched with (the supervisor passes 1/0 for switches) comes back into the same fields.
+    assert [form_value("apa", v) for v in (None, True, 1, "1", False, 0)] == \
+        [PRESETS_CHOICE, "on", "on", "on", "off", "off"]
+    assert (form_value("lecam", 0.3), form_value("lecam", None), form_value("apa_target", 0.7)) == ("0.3", "", "0.7")

@@ -158,6 +158,54 @@ def test_exact_resume_gives_identical_weights(data, tmp_path):
     assert runs.read_status(run_b)["state"] == "finished"
 
 
+def test_exact_resume_with_lecam_and_apa_keeps_their_state(data, tmp_path, monkeypatch):
+    # APA's p starts at 0 and moves 0.0256 per 100 kimg: here it starts at 0.5 and moves fast, so that generated
+    # images replace reals from the first step and p changes at step 4. Interrupted after 3 steps, the interval's
+    # sums, p, LeCam's averages and the RNG that picks the replaced images must all carry over.
+    from engine.train import loop
+    from engine.train.augment import ApaController
+
+    class Eager(ApaController):
+        def __init__(self, **kw):
+            super().__init__(**dict(kw, speed_kimg=0.05))
+            self.pipe.p = 0.5
+
+    monkeypatch.setattr(loop, "ApaController", Eager)
+    common = dict(kimg=0.024, snap=100, p=0.3, target=0.0)
+    added = dict(lecam=0.3, apa=True, apa_target=0.0)
+    assert train(tiny_options(data, tmp_path / "a", **common, **added)) == 0
+    assert train(tiny_options(data, tmp_path / "b", max_steps=3, **common, **added)) == 0
+    run_b = only_run(tmp_path / "b")
+    halfway = _final_state(run_b)
+    assert halfway["apa"]["p"] == 0.5 and halfway["rng"]["ranks"][0]["apa_acc"][1] == 12  # 3 steps x 4 reals
+    assert halfway["lecam"]["real"] != 0 and halfway["rng"]["ranks"][0]["lecam"] == \
+        [halfway["lecam"]["real"], halfway["lecam"]["fake"]]
+    # Resumed without the flags: the run keeps its own LeCam weight and APA.
+    assert train(tiny_options(data, tmp_path / "b", resume=str(runs.latest_snapshot(run_b)), **common)) == 0
+    a, b = _final_state(only_run(tmp_path / "a")), _final_state(run_b)
+    for net in ("G", "D", "G_ema"):
+        assert tensors_equal(a[net]["state"], b[net]["state"]) == [], net
+    assert a["apa"] == b["apa"] and a["apa"]["p"] != 0.5 and a["apa"]["target"] == 0
+    assert a["lecam"] == b["lecam"] and a["lecam"]["weight"] == 0.3
+    assert (b["options"]["lecam_weight"], b["options"]["apa"]) == (0.3, True)
+    stats = runs.read_stats(run_b)
+    assert [s["Progress/apa_p"]["mean"] for s in stats][-1] == a["apa"]["p"]
+    assert "Loss/D/lecam" in stats[-1] and "APA p 0.500" in (run_b / "log.txt").read_text()
+
+
+def test_a_continued_run_may_turn_lecam_and_apa_on(data, tmp_path):
+    assert train(tiny_options(data, tmp_path, kimg=0.016, snap=100, max_steps=2)) == 0
+    snap = str(runs.latest_snapshot(only_run(tmp_path)))
+    cfg = setup.prepare_run(tiny_options(data, tmp_path, resume=snap, lecam=0.3, apa=True), 1, create_dir=False)
+    assert (cfg.lecam_weight, cfg.apa) == (0.3, True)
+    assert "continuing with changed settings: --lecam 0 -> 0.3, --apa 0 -> 1" in cfg.continue_note
+    with pytest.raises(UserError, match="^--apa-target 0.7: the run has no pseudo augmentation; add --apa 1"):
+        setup.prepare_run(tiny_options(data, tmp_path, resume=snap, apa_target=0.7), 1, create_dir=False)
+    assert train(tiny_options(data, tmp_path, resume=snap, kimg=0.016, snap=100, lecam=0.3, apa=True)) == 0
+    after = _final_state(only_run(tmp_path))
+    assert after["apa"]["p"] >= 0 and after["lecam"]["weight"] == 0.3 and after["progress"]["cur_nimg"] == 16
+
+
 def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keeps(data, tmp_path, capsys):
     common = dict(kimg=0.016, snap=100)
     assert train(tiny_options(data, tmp_path, max_steps=2, **common)) == 0
@@ -513,6 +561,19 @@ def test_snapshot_layout_is_unchanged(data, tmp_path, aug):
                                                        "mode": "ada", "target": 0.6}
         assert snap["rng"]["ranks"][0]["ada_acc"].dtype == torch.float64
     assert snap["progress"]["cur_nimg"] == 4 and snap["progress"]["batch_idx"] == 1 and snap["rng"]["world_size"] == 1
+
+
+def test_lecam_and_apa_add_their_entries_to_the_snapshot_only_when_on(data, tmp_path):
+    from engine.checkpoint import load_snapshot
+
+    assert train(tiny_options(data, tmp_path, kimg=0.004, lecam=0.3, apa=True)) == 0
+    snap = load_snapshot(runs.latest_snapshot(only_run(tmp_path)))
+    expected = json.loads(json.dumps(SNAPSHOT_LAYOUT))
+    expected["lecam"] = {"weight": "float", "decay": "float", "real": "float", "fake": "float"}
+    expected["apa"] = {"p": "float", "target": "float", "speed_kimg": "float"}
+    expected["rng"]["ranks"][0].update(lecam=["float", "float"], apa_acc="Tensor")
+    assert _layout(snap) == expected
+    assert snap["lecam"]["decay"] == 0.99 and snap["apa"] == {"p": 0.0, "target": 0.6, "speed_kimg": 500.0}
 
 
 @pytest.mark.parametrize("channels", [1, 3])

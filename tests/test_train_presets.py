@@ -120,3 +120,17 @@ def test_ema_half_life_overrides_the_preset():
     train_command.add_arguments(parser)
     args = parser.parse_args(["--data", "d.zip", "--outdir", "o", "--ema", "2.5"])
     assert train_command.options_from_args(args).ema == 2.5
+
+
+def test_lecam_and_apa_are_in_the_presets_vocabulary_off_until_measured(monkeypatch):
+    import dataclasses
+
+    for name in presets.PRESETS:
+        cfg = presets.resolve(TrainOptions(cfg=name), facts(32), 1, "cpu")
+        assert (cfg.lecam_weight, cfg.apa, cfg.apa_target) == (0, False, 0.6), name
+    # A preset that turns them on gives them to every run of it; a flag still overrides it.
+    monkeypatch.setitem(presets.PRESETS, "tiny", dataclasses.replace(presets.PRESETS["tiny"], lecam=0.3, apa=True))
+    on = presets.resolve(TrainOptions(cfg="tiny"), facts(32), 1, "cpu")
+    assert (on.lecam_weight, on.apa) == (0.3, True) and presets.describe(on).endswith("-lecam0.3-apa")
+    off = presets.resolve(TrainOptions(cfg="tiny", lecam=0, apa=False), facts(32), 1, "cpu")
+    assert (off.lecam_weight, off.apa) == (0, False) and "lecam" not in presets.describe(off)

@@ -330,7 +330,7 @@ def test_shared_mode_reads_no_server_folder(scratch):
 def train_args(ds, kimg=1000, **over):
     o = dict(TINY_TRAIN, **over)
     return (ds, "tiny", kimg, o["batch"], None, o["snap"], o["tick"], "ADA (adaptive)", "bgc", None, None, False,
-            False, "none", 0, "Scratch", None, None, 0, False)
+            False, "none", 0, "", "the preset's", "", "Scratch", None, None, 0, False)
 
 
 @pytest.mark.slow

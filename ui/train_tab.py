@@ -29,14 +29,18 @@ METRICS = list(settings.METRIC_CHOICES)
 AUG_FLAG = {"ADA (adaptive)": "ada", "Fixed p": "fixed", "None": "noaug"}
 # The training options on the form, row by row; each field's kind, range, label and read-back come from
 # engine.train.options.OPTIONS.
+# (New rows go last: /train_start takes the fields in this order.)
 FORM_ROWS = (("batch", "gamma"), ("snap", "tick"), ("aug", "augpipe"), ("p", "target"), ("mirror", "cond"),
-             ("metrics",), ("seed",))
+             ("metrics",), ("seed",), ("lecam", "apa"), ("apa_target",))
 FORM_OPTIONS = tuple(name for row in FORM_ROWS for name in row)
 FORM_KEYS = ["dataset", "preset", "kimg", *FORM_OPTIONS]
 FORM_DEFAULTS = {"p": 0.2, "metrics": "auto", "augpipe": DEFAULT_AUGPIPE}  # where the form starts other than empty
 FORM_ONLY_WITH_AUG = {"p": ("fixed",), "target": ("ada",), "augpipe": ("ada", "fixed")}
 START_SCRATCH, START_SNAPSHOT, START_UPLOAD = "Scratch", "A run's snapshot", "An uploaded network (.pt / .pkl)"
 AUG_LABEL = {flag: label for label, flag in AUG_FLAG.items()}
+# A switch the preset decides unless it is given (a bool option whose default is None) is a three-way menu.
+PRESETS_CHOICE = "the preset's"
+SWITCH = {PRESETS_CHOICE: None, "on": True, "off": False}
 NEWEST = "(newest run)"
 START_LABEL = "Start a new run"
 REFRESH_SEC = 3.0
@@ -225,12 +229,22 @@ def optional_number(name: str) -> bool:
     return o.kind in ("int", "float") and FORM_DEFAULTS.get(name, o.default) is None
 
 
+def preset_switch(name: str) -> bool:
+    """An on/off option that the preset decides when it is not given (a menu: the preset's / on / off)."""
+    o = settings.OPTION[name]
+    return o.kind == "bool" and o.default is None
+
+
 def form_value(name: str, value):
     """The form field's value for option `name` as a run was launched with it ("" / None: not given, the
     preset's)."""
     o = settings.OPTION[name]
     if name == "aug":
         return AUG_LABEL.get(str(value or o.default), AUG_LABEL[o.default])
+    if preset_switch(name):
+        if value is None or value == "":
+            return PRESETS_CHOICE
+        return "on" if (bool(int(value)) if isinstance(value, (str, int, float)) else bool(value)) else "off"
     if value is None or value == "":
         return "" if optional_number(name) else FORM_DEFAULTS.get(name, o.default)
     if o.kind == "bool":
@@ -275,6 +289,10 @@ def form_flags(values: dict) -> dict:
             continue
         elif o.kind in ("int", "float"):
             value = _number(o, value, o.label or o.flag)
+        elif preset_switch(name):
+            if SWITCH.get(value) is None:
+                continue
+            value = SWITCH[value]
         elif o.kind == "bool":
             value = bool(value)
         out[name] = value
@@ -401,6 +419,8 @@ def _form_field(name: str):
         return gr.Dropdown(AUGPIPES, value=value, **kw)
     if name == "metrics":
         return gr.Dropdown(METRICS, value=value, **kw)
+    if preset_switch(name):
+        return gr.Dropdown(list(SWITCH), value=PRESETS_CHOICE, **kw)
     if o.kind == "bool":
         return gr.Checkbox(value=bool(value), **kw)
     if optional_number(name):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from engine.errors import UserError
 from engine.ops.filters import band_filters, symlet_lowpass
-from engine.train.options import ADA_TARGET
+from engine.train.options import ADA_TARGET, APA_TARGET
 
 def _matrix(rows, n, device):
     elems = []
@@ -448,3 +448,34 @@ class AdaController:
         self.pipe.p = float(state["p"])
         if state.get("acc") is not None:
             self.acc.copy_(state["acc"].to(self.acc))
+
+
+class _Probability:
+    """What an ApaController moves instead of a pipe's p."""
+
+    def __init__(self):
+        self.p = 0.0
+
+
+class ApaController(AdaController):
+    """Adaptive pseudo augmentation (Jiang et al., NeurIPS 2021): in D's main step each real image is replaced,
+    with probability p, by a generated one (no gradient to G) that D is told is real, which keeps D from becoming
+    too sure of the training images. p starts at 0 and moves exactly as ADA's does, from r_t = E[sign(D(real))]
+    of the real images D saw, towards its own target; it is training state, saved in snapshots.
+    """
+
+    def __init__(self, target=APA_TARGET, interval=4, speed_kimg=500, batch_size=32, device="cpu"):
+        super().__init__(_Probability(), target=target, interval=interval, speed_kimg=speed_kimg,
+                         batch_size=batch_size, device=device)
+
+    @property
+    def p(self):
+        return self.pipe.p
+
+    def pick(self, n):
+        """Which of n real images to replace: int64 indices [K] (CPU), each image with probability p, drawn from
+        torch's CPU stream (saved with the snapshot). At p = 0 nothing is drawn, so a run whose p has not risen
+        yet is the run without APA."""
+        if self.pipe.p <= 0:
+            return torch.zeros([0], dtype=torch.int64)
+        return torch.nonzero(torch.rand([n]) < self.pipe.p).flatten()

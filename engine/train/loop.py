@@ -6,7 +6,8 @@ over ranks, and only rank 0 writes files.
 
 Per step (one minibatch of batch_size images over all ranks):
     Gmain, Dmain every step; Greg every G_reg_interval (4) steps, Dreg every D_reg_interval (16) steps,
-    each with its own optimiser step; then the G_ema update, and every ada_interval (4) steps the ADA update.
+    each with its own optimiser step; then the G_ema update, and every ada_interval (4) steps the ADA update
+    (and APA's, when pseudo augmentation is on).
 Per tick (kimg_per_tick thousand images): statistics, log line, status.json; every `snap` ticks a grid of fakes,
 a snapshot and the metrics.
 
@@ -29,7 +30,7 @@ from engine.ops import dispatch
 from engine.timefmt import format_time
 from engine import runs
 from engine.train import distributed, health, tensorboard
-from engine.train.augment import AdaController, make_pipe
+from engine.train.augment import AdaController, ApaController, make_pipe
 from engine.train.grids import GridSetup, run_metrics
 from engine.train.loss import StyleGAN2Loss
 from engine.train.options import TrainConfig
@@ -58,7 +59,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
         # ---- 2. Networks, augmentation, loss, optimisers ---------------------------------------------------
         state, stats = build_training_state(cfg, env)
         G, G_ema, loss, progress = state.G, state.G_ema, state.loss, state.progress
-        ada, pipe = state.ada, state.augment_pipe
+        ada, pipe, apa = state.ada, state.augment_pipe, state.apa
 
         # ---- 3. Starting point: fresh, continued run, or transfer from another network ----------------------
         last_snapshot = start_from(cfg, env, state, log)
@@ -119,12 +120,15 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             interval_end = progress.batch_idx % cfg.ada_interval == 0
             stopping = False
             if tick_due or interval_end or (not env.active and stopper.requested):
-                ada_sum, ada_count, nonfinite, stop = reduce_flags(ada, loss, stopper, env)
+                flags = reduce_flags(ada, apa, loss, stopper, env)
+                ada_sum, ada_count, apa_sum, apa_count, nonfinite, stop = flags
                 if nonfinite > 0:
                     return fail_nonfinite(log, status, progress, last_snapshot, env)
                 if ada is not None and interval_end:
                     ada.update((ada_sum, ada_count))
                     p_min_in_tick = min(p_min_in_tick, pipe.p)
+                if apa is not None and interval_end:
+                    apa.update((apa_sum, apa_count))
                 stopping = stop > 0 or out_of_steps
                 tick_due = tick_due or stopping
             if not tick_due:
@@ -134,7 +138,7 @@ def training_loop(cfg: TrainConfig, env: distributed.DistEnv) -> int:
             tick_end_time = time.time()
             progress.total_sec += tick_end_time - tick_start_time + (maintenance_sec if first_tick else 0)
             entries, sec_per_kimg, line = tick_statistics(stats, env, progress, pipe, tick_start_nimg,
-                                                          tick_end_time - tick_start_time, maintenance_sec)
+                                                          tick_end_time - tick_start_time, maintenance_sec, apa)
             if env.is_main:
                 runs.append_jsonl(Path(cfg.run_dir) / runs.STATS_FILE, entries)
                 events.write(entries)
@@ -215,7 +219,10 @@ def build_training_state(cfg: TrainConfig, env):
     # Per-rank streams for what each rank draws for its own samples (augmentation, noise, mixing, PL noise).
     seed_everything(cfg.seed * env.world_size + env.rank)
 
-    augment_pipe = ada = None
+    augment_pipe = ada = apa = None
+    if cfg.apa:
+        apa = ApaController(target=cfg.apa_target, interval=cfg.ada_interval, speed_kimg=cfg.apa_kimg,
+                            batch_size=cfg.batch_size, device=device)
     if cfg.aug != "noaug":
         augment_pipe = make_pipe(cfg.augpipe).train().requires_grad_(False).to(device)
         augment_pipe.p = float(cfg.aug_p)
@@ -229,9 +236,9 @@ def build_training_state(cfg: TrainConfig, env):
                          style_mixing_prob=cfg.style_mixing, pl_weight=cfg.pl_weight,
                          pl_batch_shrink=cfg.pl_batch_shrink, pl_decay=cfg.pl_decay,
                          autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None, stats=stats, ada=ada,
-                         device=device)
+                         device=device, lecam_weight=cfg.lecam_weight, apa=apa)
     state = TrainingState(G=G, D=D, G_ema=G_ema, phases=build_phases(G, D, cfg), augment_pipe=augment_pipe, ada=ada,
-                          loss=loss, batch_gen=batch_gen)
+                          loss=loss, batch_gen=batch_gen, apa=apa)
     return state, stats
 
 
@@ -245,7 +252,8 @@ def start_from(cfg: TrainConfig, env, state: TrainingState, log):
             truncate_history(cfg.run_dir, progress.cur_nimg)
         pipe = state.augment_pipe
         log.line(f"resumed {cfg.run_dir} from {Path(cfg.resume).name} at kimg {progress.cur_nimg / 1000:.3f}, "
-                 f"tick {progress.tick}, augment p {pipe.p if pipe else 0:.3f}")
+                 f"tick {progress.tick}, augment p {pipe.p if pipe else 0:.3f}"
+                 + (f", APA p {state.apa.p:.3f}" if state.apa is not None else ""))
         for line in cfg.continue_note.splitlines():  # what a continued run changed and which given flags it keeps
             log.line(line)
     elif cfg.resume_mode == "transfer":
@@ -275,7 +283,9 @@ def describe_run(cfg, G, D, num_images, env):
     return (f"run {Path(cfg.run_dir).name}: {num_images} images of {cfg.dataset.get('resolution')} px, "
             f"cfg {cfg.cfg}, batch {cfg.batch_size} ({env.world_size} process(es) x {cfg.batch_gpu} per step), "
             f"gamma {cfg.r1_gamma:g}, G {g_params / 1e6:.2f}M / D {d_params / 1e6:.2f}M parameters, "
-            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, {cfg.total_kimg:g} kimg"
+            f"{cfg.precision} on {env.device}, augment {cfg.aug} {cfg.augpipe}, "
+            + (f"LeCam {cfg.lecam_weight:g}, " if cfg.lecam_weight > 0 else "")
+            + (f"APA (target {cfg.apa_target:g}), " if cfg.apa else "") + f"{cfg.total_kimg:g} kimg"
             + (f"\nnote: {cfg.metrics_note}" if getattr(cfg, "metrics_note", "") else ""))
 
 
@@ -433,16 +443,18 @@ def make_loader(dataset, sampler, cfg: TrainConfig, device):
 # Ticks
 
 
-def reduce_flags(ada, loss, stopper, env):
-    """One small all-reduce -> (ADA sign sum, ADA count, non-finite values, stop requests) over all ranks."""
+def reduce_flags(ada, apa, loss, stopper, env):
+    """One small all-reduce -> (ADA sign sum, ADA count, APA sign sum, APA count, non-finite values, stop requests)
+    over all ranks."""
     device = env.device
     ada_acc = ada.acc.clone() if ada is not None else torch.zeros([2], dtype=torch.float64, device=device)
-    flags = torch.cat([ada_acc, loss.nonfinite.to(torch.float64).reshape(1),
+    apa_acc = apa.acc.clone() if apa is not None else torch.zeros([2], dtype=torch.float64, device=device)
+    flags = torch.cat([ada_acc, apa_acc, loss.nonfinite.to(torch.float64).reshape(1),
                        torch.tensor([1.0 if stopper.requested else 0.0], dtype=torch.float64, device=device)])
     return distributed.all_reduce_sum(flags, env).cpu().tolist()
 
 
-def tick_statistics(stats, env, progress, pipe, tick_start_nimg, sec_per_tick, maintenance_sec):
+def tick_statistics(stats, env, progress, pipe, tick_start_nimg, sec_per_tick, maintenance_sec, apa=None):
     """The tick's stats.jsonl entry (NVIDIA's names) -> (entries, sec/kimg or None, the log line)."""
     device = env.device
     entries = stats.collect(env)
@@ -454,6 +466,8 @@ def tick_statistics(stats, env, progress, pipe, tick_start_nimg, sec_per_tick, m
     add_scalar(entries, "Progress/tick", progress.tick)
     add_scalar(entries, "Progress/kimg", progress.cur_nimg / 1000)
     add_scalar(entries, "Progress/augment", p_now)
+    if apa is not None:
+        add_scalar(entries, "Progress/apa_p", apa.p)  # pseudo augmentation's p, next to ADA's
     add_scalar(entries, "Timing/total_sec", progress.total_sec)
     add_scalar(entries, "Timing/sec_per_tick", sec_per_tick)
     add_scalar(entries, "Timing/sec_per_kimg", sec_per_kimg if sec_per_kimg is not None else 0.0)
@@ -471,7 +485,8 @@ def tick_statistics(stats, env, progress, pipe, tick_start_nimg, sec_per_tick, m
     line = (f"tick {progress.tick:<5d} kimg {progress.cur_nimg / 1000:<9.3f} "
             f"time {format_time(progress.total_sec):<12s} sec/tick {sec_per_tick:<8.1f} "
             f"sec/kimg {sec_per_kimg or 0:<8.2f} maintenance {maintenance_sec:<6.1f} "
-            f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}")
+            f"cpumem {cpu_mem:<6.2f} gpumem {gpu_mem:<6.2f} augment {p_now:.3f}"
+            + (f" apa {apa.p:.3f}" if apa is not None else ""))
     return entries, sec_per_kimg, line
 
 

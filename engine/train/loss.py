@@ -5,15 +5,26 @@ Phases (each a separate optimiser step of the loop):
     Greg   pl_weight * (|J_w^T y| - a)^2 on a batch / pl_batch_shrink, a = running mean of |J_w^T y|
     Gboth  both of the above (when G has no lazy regularisation)
     Dmain  softplus(D(G(z))) + softplus(-D(x))
+           [+ lecam * ((D(x) - a_F)^2 + (D(G(z)) - a_R)^2)]       (LeCam, when its weight is above 0)
     Dreg   gamma / 2 * |grad_x D(x)|^2                          (R1)
     Dboth  both of the above
 Lazy regularisation: the loop runs Greg/Dreg only every k minibatches and passes gain = k so the penalty keeps
 its weight on average.
+
+Two additions for small datasets, both off unless asked for:
+- LeCam (Tseng et al., CVPR 2021): a_R and a_F are moving averages (decay 0.99) of D's mean output on the images
+  it is told are real and on generated ones, updated at every Dmain pass as soon as that side's outputs are known
+  (the term of the other side then uses the newest value). They are training state (snapshots keep them).
+- APA (Jiang et al., NeurIPS 2021): in Dmain each real image is replaced, with the controller's probability p, by
+  a generated one (no gradient to G), labelled real. The overfitting statistics (ADA's and APA's r_t, the
+  Loss/scores/real and Loss/signs/real stats) are taken on the genuine reals only.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.train.options import LECAM_DECAY
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -25,7 +36,8 @@ def _full(x):
 
 class StyleGAN2Loss:
     def __init__(self, G, D, augment_pipe=None, r1_gamma=10.0, style_mixing_prob=0.9, pl_weight=2.0,
-                 pl_batch_shrink=2, pl_decay=0.01, autocast_dtype=None, stats=None, ada=None, device=None):
+                 pl_batch_shrink=2, pl_decay=0.01, autocast_dtype=None, stats=None, ada=None, device=None,
+                 lecam_weight=0.0, lecam_decay=LECAM_DECAY, apa=None):
         self.G = G
         self.D = D
         self.augment_pipe = augment_pipe
@@ -37,9 +49,15 @@ class StyleGAN2Loss:
         self.autocast_dtype = autocast_dtype
         self.stats = stats
         self.ada = ada
+        self.apa = apa  # an augment.ApaController, or None
+        self.lecam_weight = float(lecam_weight)
+        self.lecam_decay = float(lecam_decay)
         device = device or next(G.parameters()).device
         self.device = torch.device(device)
         self.pl_mean = torch.zeros([], device=self.device)
+        # LeCam's moving averages of D's mean output on reals (a_R) and on generated images (a_F).
+        self.lecam_real = torch.zeros([], device=self.device)
+        self.lecam_fake = torch.zeros([], device=self.device)
         # Count of non-finite losses since the loop last looked (kept on the device: no synchronisation).
         self.nonfinite = torch.zeros([], dtype=torch.int64, device=self.device)
 
@@ -82,6 +100,20 @@ class StyleGAN2Loss:
                 img = self.augment_pipe(img)
             logits = self.D(img, c, update_emas=update_emas)
         return _full(logits)
+
+    def _lecam_update(self, average, logits):
+        """Move a LeCam average (a 0-d tensor, in place) towards the mean of logits [N, 1] -> its new value."""
+        average.copy_(average.lerp(logits.detach().mean().to(average.dtype), 1 - self.lecam_decay))
+        return average
+
+    def _pseudo_reals(self, real_img, real_c, swap):
+        """APA: real_img [N, C, H, W] with the images at indices swap [K] replaced by generated ones made for the
+        same labels (real_c [N, c_dim]), without a gradient to G."""
+        idx = swap.to(real_img.device)
+        with torch.no_grad():
+            z = torch.randn([idx.shape[0], self.G.z_dim], device=real_img.device)
+            fake, _ = self.run_G(z, real_c[idx])
+        return real_img.index_copy(0, idx, fake.to(real_img.dtype))
 
     # -- the loss --------------------------------------------------------------------------------------------
 
@@ -127,6 +159,7 @@ class StyleGAN2Loss:
             (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
 
         loss_Dgen = 0
+        lecam = self.lecam_weight > 0
         if do_Dmain:
             gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
             gen_logits = self.run_D(gen_img, gen_c, update_emas=True)
@@ -134,21 +167,43 @@ class StyleGAN2Loss:
             self._report("Loss/signs/fake", gen_logits.sign())
             loss_Dgen = F.softplus(gen_logits)
             self._check(loss_Dgen)
-            loss_Dgen.mean().mul(gain).backward()
+            loss_Dgen_all = loss_Dgen
+            if lecam:
+                self._lecam_update(self.lecam_fake, gen_logits)
+                lecam_gen = (gen_logits - self.lecam_real).square() * self.lecam_weight
+                self._check(lecam_gen)
+                loss_Dgen_all = loss_Dgen + lecam_gen
+            loss_Dgen_all.mean().mul(gain).backward()
 
         if do_Dmain or do_Dr1:
+            genuine = None  # indices of the images that are still real ones (None: all)
+            if do_Dmain and self.apa is not None:
+                swap = self.apa.pick(real_img.shape[0])
+                if swap.numel() > 0:
+                    real_img = self._pseudo_reals(real_img, real_c, swap)
+                    mask = torch.ones([real_img.shape[0]], dtype=torch.bool)
+                    mask[swap] = False
+                    genuine = torch.nonzero(mask).flatten().to(real_img.device)
             real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
             real_logits = self.run_D(real_img_tmp, real_c)
-            self._report("Loss/scores/real", real_logits)
-            self._report("Loss/signs/real", real_logits.sign())
-            if self.ada is not None:
-                self.ada.accumulate(real_logits)
+            genuine_logits = real_logits if genuine is None else real_logits.detach()[genuine]
+            self._report("Loss/scores/real", genuine_logits)
+            self._report("Loss/signs/real", genuine_logits.sign())
+            for controller in (self.ada, self.apa):
+                if controller is not None:
+                    controller.accumulate(genuine_logits)
 
             loss_Dreal = 0
             if do_Dmain:
                 loss_Dreal = F.softplus(-real_logits)
                 self._report("Loss/D/loss", loss_Dgen.detach() + loss_Dreal.detach())
                 self._check(loss_Dreal)
+                if lecam:
+                    self._lecam_update(self.lecam_real, real_logits)
+                    lecam_real = (real_logits - self.lecam_fake).square() * self.lecam_weight
+                    self._check(lecam_real)
+                    self._report("Loss/D/lecam", lecam_gen.detach() + lecam_real.detach())
+                    loss_Dreal = loss_Dreal + lecam_real
 
             loss_Dr1 = 0
             if do_Dr1:

@@ -22,6 +22,12 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 METRIC_CHOICES = ("auto", "none", "fid1k", "kid1k", "fid10k", "fid50k_full", "kid50k_full")
 
 ADA_TARGET = 0.6  # ADA's target for E[sign(D(real))] when none is given (NVIDIA's)
+# Adaptive pseudo augmentation (Jiang et al. 2021): its target for E[sign(D(real))] when none is given (the paper's).
+APA_TARGET = 0.6
+# LeCam regularisation (Tseng et al. 2021): the decay of its moving averages of D's outputs (the paper's), and the
+# weight the help suggests (the paper's order for StyleGAN2).
+LECAM_DECAY = 0.99
+LECAM_SUGGESTED = 0.3
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,18 @@ OPTIONS = (
     _o("augpipe", "choice", choices=AUGPIPES, on_continue="keep", user=True, group="augmentation", metavar="PIPE",
        help=", ".join(f"{name} (default)" if name == DEFAULT_AUGPIPE else name for name in AUGPIPES),
        label="Pipe"),
+    # limited data: two additions of the literature for a few hundred to a few thousand images (presets: off)
+    _o("lecam", "float", config="lecam_weight", low=0, on_continue="change", user=True, group="limited data",
+       metavar="WEIGHT", help=f"LeCam regularisation of D: weight of the distance of D's outputs from moving averages "
+                              f"of its outputs on the other side (e.g. {LECAM_SUGGESTED:g}; 0: off; default: the "
+                              f"preset's)", label="LeCam weight", info=f"empty: the preset's; e.g. {LECAM_SUGGESTED:g}"),
+    _o("apa", "bool", on_continue="change", user=True, group="limited data", metavar="BOOL", optional_value=True,
+       help="adaptive pseudo augmentation: D sees a fraction p of generated images labelled real, p adjusted like "
+            "ADA's (default: the preset's)", label="Pseudo augmentation (APA)",
+       info="for small datasets: D also sees generated images labelled real, at an adaptive rate"),
+    _o("apa_target", "float", low=0, high=1, on_continue="change", user=True, group="limited data", metavar="T",
+       help=f"APA target for E[sign(D(real))] (default {APA_TARGET:g})", label="APA target",
+       info=f"empty: {APA_TARGET:g}"),
     # transfer learning and resume
     _o("resume", "str", group="transfer learning and resume", metavar="PATH|latest",
        help="snapshot of a run to continue, 'latest', a run folder (its newest snapshot), or a network (.pkl/.pt) "
@@ -298,6 +316,11 @@ class TrainConfig:
     dataset: dict = field(default_factory=dict)
     metrics_note: str = ""  # how the metrics were chosen when the user gave none (logged at the start)
     continue_note: str = ""  # a continued run: the settings it changed and the given flags it keeps (logged)
+    # Limited-data additions (defaults: off, as in a run made before they existed).
+    lecam_weight: float = 0.0
+    apa: bool = False
+    apa_target: float = APA_TARGET
+    apa_kimg: float = 500.0  # APA's p can go from 0 to 1 in this many kimg (ADA's speed, as in the paper)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -9,8 +9,8 @@ networks that train in minutes (`tiny`) or an hour or so (`small`) on a few core
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.train.options import (ADA_TARGET, AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS, TrainConfig,
-                                  TrainOptions, check_numbers)
+from engine.train.options import (ADA_TARGET, APA_TARGET, AUG_MODES, AUGPIPES, DEFAULT_AUGPIPE, PRECISIONS,
+                                  TrainConfig, TrainOptions, check_numbers)
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Preset:
     D_arch: str = "resnet"
     pl_weight: float = 2
     style_mixing: float = 0.9
+    lecam: float = 0  # LeCam regularisation weight (0: off)
+    apa: bool = False  # adaptive pseudo augmentation
     description: str = ""
 
 
@@ -159,6 +161,9 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
     pl_weight = spec.pl_weight if options.pl_weight is None else float(options.pl_weight)
     style_mixing = spec.style_mixing if options.style_mixing is None else float(options.style_mixing)
     workers = options.workers if options.workers is not None else (3 if device == "cuda" else 0)
+    lecam = spec.lecam if options.lecam is None else float(options.lecam)
+    apa = spec.apa if options.apa is None else bool(options.apa)
+    apa_target = APA_TARGET if options.apa_target is None else float(options.apa_target)
 
     metrics = [m for m in (options.metrics or []) if m and m != "none"]
     return TrainConfig(
@@ -172,7 +177,8 @@ def resolve(options: TrainOptions, dataset: dict, num_gpus: int, device: str, ru
         aug_p=aug_p, ada_target=target, ada_interval=4, ada_kimg=500.0, metrics=metrics, precision=precision,
         allow_tf32=bool(options.allow_tf32), cudnn_benchmark=not options.nobench, device=device,
         resume=options.resume, resume_mode=None, freezed=int(options.freezed or 0), progress=options.progress,
-        max_steps=options.max_steps, dataset=dict(dataset))
+        max_steps=options.max_steps, dataset=dict(dataset), lecam_weight=float(lecam), apa=apa,
+        apa_target=apa_target, apa_kimg=500.0)
 
 
 def describe(cfg: TrainConfig) -> str:
@@ -185,6 +191,10 @@ def describe(cfg: TrainConfig) -> str:
         desc += "-cond"
     if cfg.aug != "ada":
         desc += f"-{cfg.aug}"
+    if cfg.lecam_weight > 0:
+        desc += f"-lecam{cfg.lecam_weight:g}"
+    if cfg.apa:
+        desc += "-apa"
     if cfg.resume_mode == "transfer":
         desc += "-resume"
     return desc

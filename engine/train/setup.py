@@ -8,7 +8,8 @@ is one clear error before a network is built or a file is written.
 - a run folder: its newest snapshot (what the dashboard's Resume asks for);
 - a snapshot of this program whose run folder trained on this dataset: that run continues (same folder, counters,
   optimiser moments, ADA p, RNG) up to --kimg in total, with its own settings except the optimisation ones it
-  may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life, ADA target, style mixing);
+  may change (RETUNABLE: learning rates, R1 gamma, G_ema half-life, ADA target, style mixing, LeCam weight, APA
+  on/off and its target);
 - a full training snapshot of this program on this dataset outside a run folder (assets/demo-training-snapshot.pt,
   a copy): the same exact continuation, in a new run folder in --outdir;
 - anything else (NVIDIA .pkl, an export, a snapshot of another run): transfer learning, a new run starting from
@@ -24,8 +25,8 @@ import torch
 from engine.errors import UserError
 from engine import runs
 from engine.train import presets
-from engine.train.options import (OPTIONS, RETUNABLE, TrainConfig, TrainOptions, check_numbers, config_field,
-                                  flag)
+from engine.train.options import (OPTION, OPTIONS, RETUNABLE, TrainConfig, TrainOptions, check_numbers,
+                                  config_field, flag)
 
 
 def dataset_facts(options: TrainOptions):
@@ -183,11 +184,15 @@ def _retune(cfg: TrainConfig, options: TrainOptions):
         if name == "target" and cfg.aug != "ada":
             raise UserError(f"--target {value:g}: the run's augmentation is --aug {cfg.aug}, which has no ADA "
                             f"target; start a new run from its weights to train with --aug ada")
+        if name == "apa_target" and not cfg.apa:  # (--apa comes before it in RETUNABLE: already applied)
+            raise UserError(f"--apa-target {value:g}: the run has no pseudo augmentation; add --apa 1 to turn it "
+                            f"on with this target")
         if name == "gamma" and (old > 0) != (value > 0):
             raise UserError(f"--gamma {value:g}: a continued run cannot turn R1 regularisation "
                             f"{'off' if old else 'on'} (the run has --gamma {old:g}); give a positive --gamma, or "
                             f"start a new run from its weights")
-        setattr(cfg, field_name, value)
+        # (a switch such as --apa stays a bool: 0 -> 1 turns it on)
+        setattr(cfg, field_name, bool(value) if OPTION[name].kind == "bool" else value)
         changed.append(f"{flag(name)} {old:g} -> {value:g}")
     defaults = TrainOptions()
     kept = []

@@ -16,9 +16,16 @@ from engine.train.state import TrainingState, capture_rng, copy_matching, restor
 
 def write_snapshot(cfg, env, state: TrainingState, log):
     """Gather every rank's RNG state, then rank 0 writes network-snapshot-NNNNNN.pt atomically -> its name."""
-    progress, ada = state.progress, state.ada
-    per_rank = {"rng": capture_rng(env.device), "pl_mean": float(state.loss.pl_mean),
+    progress, ada, apa, loss = state.progress, state.ada, state.apa, state.loss
+    lecam = loss.lecam_weight > 0
+    per_rank = {"rng": capture_rng(env.device), "pl_mean": float(loss.pl_mean),
                 "ada_acc": ada.state_dict()["acc"] if ada is not None else None}
+    # The limited-data additions add their entries only when they are on: a snapshot without them keeps the
+    # layout it always had. Each rank's own LeCam averages (of its samples) and APA sums of the interval under way:
+    if lecam:
+        per_rank["lecam"] = [float(loss.lecam_real), float(loss.lecam_fake)]
+    if apa is not None:
+        per_rank["apa_acc"] = apa.state_dict()["acc"]
     all_ranks = distributed.all_gather_object(to_cpu(per_rank), env)
     name = runs.snapshot_name(progress.cur_nimg, cfg.run_dir if env.is_main else None)
     if env.is_main:
@@ -42,6 +49,11 @@ def write_snapshot(cfg, env, state: TrainingState, log):
             "rng": {"world_size": env.world_size, "ranks": all_ranks,
                     "batch_gen": state.batch_gen.get_state().clone()},
         }
+        if lecam:  # (rank 0's averages: what a resume with another number of processes starts from)
+            data["lecam"] = {"weight": float(loss.lecam_weight), "decay": float(loss.lecam_decay),
+                             "real": float(loss.lecam_real), "fake": float(loss.lecam_fake)}
+        if apa is not None:
+            data["apa"] = {"p": float(apa.p), "target": float(apa.target), "speed_kimg": float(apa.speed_kimg)}
         save_snapshot(Path(cfg.run_dir) / name, data)
         log.line(f"snapshot {name}")
     distributed.barrier(env)
@@ -76,17 +88,26 @@ def restore_training_state(snap, cfg, env, state: TrainingState, log):
     ranks = rng.get("ranks") or []
     if rng.get("batch_gen") is not None:
         state.batch_gen.set_state(rng["batch_gen"])
-    ada_acc = None
+    ada_acc = apa_acc = None
+    # LeCam's averages: this rank's own, or rank 0's for another number of processes; none saved (a snapshot
+    # without LeCam, which a continued run may turn on): they start at 0 as in a new run.
+    lecam = (snap.get("lecam") or {}).get("real"), (snap.get("lecam") or {}).get("fake")
     if rng.get("world_size") == env.world_size and len(ranks) == env.world_size:
         mine = ranks[env.rank]
         restore_rng(mine["rng"], env.device)
         state.loss.pl_mean.fill_(float(mine["pl_mean"]))
         ada_acc = mine.get("ada_acc")
+        apa_acc = mine.get("apa_acc")
+        lecam = mine.get("lecam") or (None, None)
     else:
         seed_everything(cfg.seed * env.world_size + env.rank + 7919 * progress.batch_idx)
         state.loss.pl_mean.fill_(float(p.get("pl_mean", 0.0)))
         log.line(f"note: the snapshot was written by {rng.get('world_size')} process(es), this run has "
                  f"{env.world_size}; random streams are reseeded (training continues, not bit for bit)")
+    state.loss.lecam_real.fill_(float(lecam[0] or 0.0))
+    state.loss.lecam_fake.fill_(float(lecam[1] or 0.0))
+    if state.apa is not None:  # p from the snapshot; 0 when it had no APA (a continued run that turns it on)
+        state.apa.load_state_dict({"p": (snap.get("apa") or {}).get("p", 0.0), "acc": apa_acc})
     aug = snap.get("augment")
     if state.ada is not None:
         state.ada.load_state_dict({"p": aug["p"] if aug is not None else state.augment_pipe.p, "acc": ada_acc})

@@ -31,7 +31,8 @@ class Phase:
 @dataclass
 class TrainingState:
     """Everything a snapshot saves besides the options: networks, optimiser phases, augmentation and its ADA
-    controller (None when off), the loss (for pl_mean), the shared latent/data generator and the position."""
+    controller (None when off), the loss (for pl_mean and LeCam's averages), the shared latent/data generator, the
+    position, and the pseudo augmentation's controller (None when off)."""
 
     G: torch.nn.Module
     D: torch.nn.Module
@@ -42,6 +43,7 @@ class TrainingState:
     loss: object
     batch_gen: torch.Generator
     progress: Progress = field(default_factory=Progress)
+    apa: object = None
 
 
 def capture_rng(device):
