@@ -1,4 +1,4 @@
-"""python -m engine {prepare,train,generate,video,mix,metrics,info,export,blend,project,directions,edit,latents,
+"""python -m engine {prepare,train,generate,video,mix,metrics,copies,info,export,blend,project,directions,edit,latents,
 stop}:
 parse, call, exit.
 
@@ -19,6 +19,7 @@ COMMANDS = {
     "video": "Make an interpolation GIF or MP4",
     "mix": "Make a style-mixing grid",
     "metrics": "Compute FID/KID of a network against a dataset",
+    "copies": "Is the network copying its training images? Nearest training images of its fakes",
     "info": "Show versions, devices and which path each op takes",
     "export": "Export a generator as safetensors, TorchScript or ONNX, or G + D as NVIDIA's pickle (checked)",
     "blend": "Blend two networks at a resolution split, or average snapshots",

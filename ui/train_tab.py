@@ -348,6 +348,9 @@ def build(studio: Studio, sup: Supervisor, datasets_refresh=None):
             form = _settings_form(studio)
         with gr.Column(scale=5):
             panel = _run_panel()
+    from ui import copycheck  # "Is it copying?": a network's fakes beside their nearest training images
+
+    copycheck.build(studio)
     # Every component by name, and below what the sections share, so each section takes what it wires.
     c = SimpleNamespace(**vars(form), **vars(panel), empty_md=empty_md)
     c.timer = gr.Timer(REFRESH_SEC)

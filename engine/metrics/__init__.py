@@ -192,13 +192,18 @@ def compute_many(names, G, dataset_path, device, batch=32, progress=None, cache_
         else:
             values.append(kid_from_features(real_feats[count], gen[: s.num_gen], seed=seed))
     elapsed = time.time() - t0
+    from engine.metrics.copies import feature_copy_figures
     from engine.train.health import feature_spread
 
-    results = []
+    results, copy_figures = [], {}
     for s, value in zip(specs, values):
         count = len(dataset) if s.full else min(s.num_gen, len(dataset))
         # How varied the fakes are next to the reals, for the mode-collapse warning (engine/train/health.py).
         spread_ratio = feature_spread(gen[: s.num_gen]) / max(feature_spread(real_feats[count]), 1e-12)
+        # How near the fakes come to the reals next to the reals' own spacing, for the copying warning.
+        if (count, s.num_gen) not in copy_figures:
+            copy_figures[count, s.num_gen] = feature_copy_figures(real_feats[count], gen[: s.num_gen])
+        copying = copy_figures[count, s.num_gen]
         results.append(
             {
                 "results": {s.name: value},
@@ -211,6 +216,7 @@ def compute_many(names, G, dataset_path, device, batch=32, progress=None, cache_
                 "num_gen": s.num_gen,
                 "real_cache_hit": cache_hits[count],
                 "fake_spread_ratio": spread_ratio,
+                **({"fake_close_share": copying["close_share"]} if copying else {}),
             }
         )
     return results
@@ -242,7 +248,7 @@ def append_metric_jsonl(run_dir, result, snapshot_name=None):
         "snapshot_pkl": snapshot_name,
         "timestamp": time.time(),
     }
-    for key in ("detector", "num_real", "num_gen", "fake_spread_ratio"):
+    for key in ("detector", "num_real", "num_gen", "fake_spread_ratio", "fake_close_share"):
         if key in result:
             record[key] = result[key]
     from engine.runs import metric_path

@@ -9,6 +9,9 @@ observer can (a process that stopped ticking).
     divergence      a loss that is NaN/Inf or several times its recent level; NaN-skipped steps piling up
     mode collapse   fake features far less spread than real ones (check_mode_collapse, given features; at
                     snapshots with metrics, from the fake_spread_ratio the FID/KID computation records)
+    copying         fakes nearer the training images than those are to each other (check_copying, given
+                    features; at snapshots with metrics, from the fake_close_share the FID/KID computation records;
+                    engine/metrics/copies.py has the full check, `python -m engine copies`)
     stalled         no tick for several tick-times (check_stalled, from status.json and stats.jsonl)
     disk            too little free space for the next snapshot
 
@@ -41,7 +44,7 @@ MAINTENANCE = "Timing/maintenance_sec"
 
 @dataclass(frozen=True)
 class HealthWarning:
-    kind: str      # overfitting | divergence | collapse | stalled | disk
+    kind: str      # overfitting | divergence | collapse | copying | stalled | disk
     message: str   # one line: what is seen, then what to do
 
     def __str__(self):
@@ -61,6 +64,7 @@ class Limits:
     explode_margin: float = 5.0      # ... and this much above it has exploded
     nan_skips_max: int = 3           # this many NaN-skipped steps within the window
     collapse_ratio: float = 0.5      # fake feature spread below this share of the real one
+    copy_share: float = 0.25         # fakes nearer a real than the reals' 5th-percentile spacing (chance: 5%)
     stall_factor: float = 4.0        # no tick for this many tick-times ...
     stall_min_sec: float = 120.0     # ... and at least this long
     disk_snapshots: float = 3.0      # free space for fewer than this many snapshots ...
@@ -224,6 +228,49 @@ def check_metric_spread(metrics, limits=None):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Copying, from features of real and generated images
+
+
+def _copying_warning(share, kimg):
+    return HealthWarning("copying", (
+        f"the network may be copying its training images at {_kimg_text(kimg)}: {share:.0%} of fakes are nearer a "
+        f"training image than 95% of training images are to any other (about 5% for new images); check with "
+        f"`python -m engine copies` (Train tab: Is it copying?), keep an earlier snapshot, add images or more augmentation (--aug ada, "
+        f"--mirror 1)"))
+
+
+def check_copying(real_features, fake_features, kimg=None, limits=None):
+    """Fakes coming closer to the training set than its images are to each other (Inception features [N, D]):
+    the share of fakes whose nearest real is nearer than the reals' 5th percentile of nearest-other distances
+    reaches copy_share (5 times chance)."""
+    from engine.metrics.copies import feature_copy_figures
+
+    lim = limits or Limits()
+    figures = feature_copy_figures(real_features, fake_features)
+    if figures is None or figures["close_share"] < lim.copy_share:
+        return []
+    return [_copying_warning(figures["close_share"], kimg)]
+
+
+def check_metric_copies(metrics, limits=None):
+    """Copying from the metric records ({name: records}): the newest snapshot's fake_close_share (written by the
+    FID/KID computation) reaches copy_share."""
+    lim = limits or Limits()
+    points = []
+    for records in (metrics or {}).values():
+        for r in records:
+            share = r.get("fake_close_share")
+            if isinstance(share, (int, float)) and math.isfinite(share) and isinstance(r.get("snapshot_pkl"), str):
+                points.append((r.get("timestamp") or 0, r["snapshot_pkl"], float(share)))
+    if not points:
+        return []
+    _, snap, share = max(points)
+    if share < lim.copy_share:
+        return []
+    return [_copying_warning(share, runs.snapshot_kimg(snap))]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # From outside the process: a run folder
 
 
@@ -297,7 +344,9 @@ def check_run(run_dir, now=None, limits=None):
     ada_target = options.get("ada_target") if isinstance(options.get("ada_target"), (int, float)) else ADA_TARGET
     adaptive = options.get("aug", "ada") == "ada"
     out = check_records(records, ada_kimg=ada_kimg, ada_target=ada_target, adaptive=adaptive, limits=limits)
-    out += check_metric_spread(runs.read_metrics(run_dir), limits=limits)
+    metrics = runs.read_metrics(run_dir)
+    out += check_metric_spread(metrics, limits=limits)
+    out += check_metric_copies(metrics, limits=limits)
     out += check_stalled(run_dir, records=records, now=now, limits=limits)
     status = runs.read_status(run_dir)
     if status and status.get("state") == "running":
@@ -346,6 +395,7 @@ class Monitor:
                 metrics = runs.read_metrics(self.run_dir)
                 found += check_disk(self.run_dir, limits=self.limits)
                 found += check_metric_spread(metrics, limits=self.limits)
+                found += check_metric_copies(metrics, limits=self.limits)
                 best = best_snapshot(self.run_dir, metrics=metrics)
         except Exception as e:  # a health check must never stop training
             if self._failed:
