@@ -105,3 +105,18 @@ def test_speed_panel_leaves_out_start_up_ticks():
     fig = charts.training_figure(stats)
     speed = [t for t in fig.data if t.name == "sec/kimg"]
     assert len(speed) == 1 and list(speed[0].y) == [20.0, 21.0, 22.0] and list(speed[0].x) == [0.5, 1.0, 2.0]
+
+
+def test_apa_p_and_the_lecam_term_are_drawn_only_in_runs_that_use_them():
+    plain = [rec(0.5, Progress__tick=1, Progress__augment=0.1, Loss__G__loss=1.0, Loss__D__loss=1.2),
+             rec(1.0, Progress__tick=2, Progress__augment=0.2, Loss__G__loss=1.1, Loss__D__loss=1.1)]
+    names = {t.name for t in charts.training_figure(plain).data}
+    assert "APA p" not in names and "LeCam term" not in names
+    both = [dict(r, **rec(r["Progress/kimg"]["mean"], Progress__apa_p=0.05 * i, Loss__D__lecam=0.01)) for i, r in
+            enumerate(plain, 1)]
+    fig = charts.training_figure(both)
+    apa = [t for t in fig.data if t.name == "APA p"]
+    assert len(apa) == 1 and list(apa[0].y) == [0.05, 0.1] and list(apa[0].x) == [0.5, 1.0]
+    axis = {t.name: t.xaxis for t in fig.data}
+    assert axis["LeCam term"] == axis["D loss"]  # in the loss panel
+    assert apa[0].xaxis == [t for t in fig.data if t.name == "p"][0].xaxis  # in the same panel as ADA's p

@@ -14,12 +14,16 @@ EXPLAIN = {
     "Loss": "G loss: how badly the generator fools the discriminator D (lower: fooled more often).<br>"
             "D loss: how badly D tells real images from generated ones.<br>"
             "The two push against each other; they wobble and need not go down. Trouble looks like one of "
-            "them<br>running off to a much larger value for good.",
+            "them<br>running off to a much larger value for good.<br>"
+            "LeCam term (runs with --lecam): the part of D's loss that keeps its verdicts near their recent "
+            "averages.",
     "R1 penalty": "R1 penalty: a brake on how steeply D's verdict changes around the real images<br>"
                   "(its weight is gamma). It keeps D smooth; small and steady is normal.",
     "Augment p": "Augment p: how often ADA (adaptive augmentation) flips, shifts, recolours ... each image "
                  "D sees.<br>ADA raises p while r_t is above its target (D starts to learn the training "
-                 "images by heart)<br>and lowers it while r_t is below. 0% means no augmentation.",
+                 "images by heart)<br>and lowers it while r_t is below. 0% means no augmentation.<br>"
+                 "APA p (runs with --apa): the share of real images D is shown replaced by generated ones "
+                 "labelled real,<br>raised and lowered the same way against its own target.",
     "Signs of D(real), r_t": "r_t, the mean sign of D's output on real images: how sure D is that the reals "
                              "are real,<br>from -1 (never) to 1 (always). Near 1, D has memorised the "
                              "training set (overfitting);<br>with ADA, p rises whenever r_t passes the "
@@ -30,9 +34,10 @@ EXPLAIN = {
 }
 # (title, [(stats key, legend name, hover number format)]) in the order the panels appear.
 PANELS = [
-    ("Loss", [("Loss/G/loss", "G loss", ".4~g"), ("Loss/D/loss", "D loss", ".4~g")]),
+    ("Loss", [("Loss/G/loss", "G loss", ".4~g"), ("Loss/D/loss", "D loss", ".4~g"),
+              ("Loss/D/lecam", "LeCam term", ".4~g")]),
     ("R1 penalty", [("Loss/r1_penalty", "R1", ".4~g")]),
-    ("Augment p", [("Progress/augment", "p", ".2~%")]),
+    ("Augment p", [("Progress/augment", "p", ".2~%"), ("Progress/apa_p", "APA p", ".2~%")]),
     ("Signs of D(real), r_t", [("Loss/signs/real", "r_t", ".3~f")]),
     ("Sec per kimg", [("Timing/sec_per_kimg", "sec/kimg", ",.4~g")]),
 ]
