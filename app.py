@@ -1,7 +1,10 @@
 """StyleGAN Studio dashboard: python app.py [--host 127.0.0.1] [--port 7860] [--workdir ./studio] [--share --auth u:p]
+[--public-viewers | --viewer-auth u:p] [--publish NAME_OR_PATH]
 
 Prepare datasets, train, watch and generate from the browser. Everything is kept in the workdir: datasets/,
-runs/, outputs/, uploads/. Training runs as `python -m engine train` subprocesses that outlive the page.
+runs/, outputs/, uploads/, published/. Training runs as `python -m engine train` subprocesses that outlive the page.
+With viewers (--public-viewers, --viewer-auth) the demo page for visitors is served at / and the owner's dashboard,
+behind --auth, at /studio/.
 """
 
 from __future__ import annotations
@@ -142,6 +145,20 @@ def parse_args(argv=None):
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--share-no-auth", action="store_true", help="allow --share without a login (anyone can use it)")
     p.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted, in MB (default 500)")
+    v = p.add_argument_group("a demo link for visitors (they generate and explore the published networks only)")
+    v.add_argument("--viewer-auth", action="append", default=[], metavar="USER:PASS",
+                   help="a visitor's login (repeatable); the demo page is served at / and the dashboard at /studio/")
+    v.add_argument("--public-viewers", action="store_true",
+                   help="visitors need no login for the demo page; the owner still logs in (--auth) at /studio/")
+    v.add_argument("--publish", default=None, metavar="NAME_OR_PATH",
+                   help="publish this network on the demo page at start: a picker label, '<run folder> / "
+                        "<snapshot file>', 'demo' or a .pt / .pkl file (the built-in demo is published by default)")
+    v.add_argument("--publish-name", default=None, metavar="TEXT", help="the name visitors see for --publish")
+    v.add_argument("--publish-description", default="", metavar="TEXT",
+                   help="a short description visitors see for --publish")
+    v.add_argument("--viewer-limits", default="", metavar="NAME=N,...",
+                   help="what one visitor may ask for: seeds (per grid, default 16), frames (per GIF, 120), steps "
+                        "(per projection, 200), per_minute (requests, 30), pending (waiting at once, 3)")
     args = p.parse_args(argv)
     if args.share and not args.auth and not args.share_no_auth:
         p.error("--share makes the dashboard public: add --auth user:pass (or --share-no-auth if you really mean it)")
@@ -150,29 +167,136 @@ def parse_args(argv=None):
         p.error("--auth takes user:password, both non-empty")
     if args.max_upload_mb < 1:
         p.error("--max-upload-mb must be at least 1")
+    for login in args.viewer_auth:
+        if ":" not in login or not login.split(":", 1)[0] or not login.split(":", 1)[1]:
+            p.error(f"--viewer-auth takes user:password, both non-empty (got {login.split(':', 1)[0]!r}...)")
+        if args.auth and login.split(":", 1)[0] == args.auth.split(":", 1)[0]:
+            p.error(f"--viewer-auth user {login.split(':', 1)[0]!r} is the owner's (--auth): give visitors "
+                    "another name")
+    if (args.viewer_auth or args.public_viewers) and not args.auth:
+        p.error("a demo for viewers needs the owner's own login: add --auth user:pass (the owner's dashboard is "
+                "then at /studio/)")
+    if args.viewer_auth and args.public_viewers:
+        p.error("--public-viewers lets every visitor in without a login: leave out --viewer-auth, or "
+                "--public-viewers")
+    if (args.publish_name or args.publish_description) and not args.publish:
+        p.error("--publish-name and --publish-description describe --publish NAME_OR_PATH: add it")
+    from ui.fairness import Limits
+
+    try:
+        args.limits = Limits.parse(args.viewer_limits)
+    except Exception as e:
+        p.error(f"--viewer-limits: {e}")
     if not 0 < args.port < 65536:
         p.error(f"--port {args.port} is not a port number (1-65535)")
     return args
 
 
-def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True):
-    """Build the dashboard for `studio` and start serving it without blocking; returns the Blocks."""
+def serve(studio, host="127.0.0.1", port=7860, auth=None, quiet=True, access=None):
+    """Build the dashboard for `studio` and start serving it without blocking; returns the Blocks, or with viewers
+    (access: a ui.roles.Access with viewers) a DemoServer serving the demo page at / and the dashboard at /studio/."""
     from starlette.middleware import Middleware
 
+    from ui import roles
     from ui.common import ASSETS
     from ui.data_tab import remove_stale_uploads
 
+    access = access or roles.Access(owner=tuple(auth) if auth else None)
     remove_stale_uploads(studio)
     _keep_session_components_bounded()
     demo = build_app(studio)
+    roles.install(demo, access)
     css = (ASSETS / "style.css").read_text("utf-8") if (ASSETS / "style.css").is_file() else None
     # Several visitors generating at once wait their turn instead of competing for one device.
     demo.queue(default_concurrency_limit=1, max_size=64)
+    if access.has_viewers:
+        return _serve_with_viewers(studio, demo, access, host, port, css, quiet)
     demo.launch(server_name=host, server_port=port, auth=auth, share=False, css=css,
                 app_kwargs={"middleware": [Middleware(FileGuard)]},
                 allowed_paths=[str(studio.workdir), str(ASSETS)], max_file_size=f"{studio.max_upload_mb}mb",
                 show_error=False, prevent_thread_lock=True, favicon_path=_favicon(), quiet=quiet)
     return demo
+
+
+OWNER_PATH = "/studio"
+
+
+class DemoServer:
+    """One server for two apps: the demo page (`page`) at / and the owner's dashboard (`dashboard`) at /studio/.
+    Offers what main() and the tests use of a launched Blocks (local_url, server_port, close(), block_thread())."""
+
+    def __init__(self, page, dashboard, server, server_name, server_port, local_url):
+        self.page, self.dashboard, self.server = page, dashboard, server
+        self.server_name, self.server_port, self.local_url = server_name, server_port, local_url
+        self.owner_url = local_url.rstrip("/") + OWNER_PATH + "/"
+        self.share_token = dashboard.share_token
+        self.auth = True  # the owner always logs in; visitors per --viewer-auth / --public-viewers
+        self.share_url = None
+        self.is_running = True
+
+    def close(self):
+        if not self.is_running:
+            return
+        self.is_running = False
+        import shutil
+
+        for blocks in (self.page, self.dashboard):
+            try:
+                blocks._queue.close()
+                blocks.is_running = False
+                app = getattr(blocks._queue, "server_app", None)
+                if app is not None:
+                    app.stop_event.set()  # open pages' heartbeats end now, so the server stops at once
+            except AttributeError:
+                pass
+        self.server.close()
+        scratch = getattr(self.page, "studio_scratch", None)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def block_thread(self):
+        import time
+
+        try:
+            while self.is_running:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            self.close()
+
+
+def _serve_with_viewers(studio, dashboard, access, host, port, css, quiet):
+    """The demo page at / (no login with public viewers; else the viewers' logins and the owner's) and the
+    dashboard at /studio/ (the owner's login only), both behind the role guard, in one server."""
+    import secrets
+
+    import gradio as gr
+    from fastapi import FastAPI
+    from gradio import http_server
+
+    from ui import demo_page, roles
+    from ui.common import ASSETS
+
+    page = demo_page.build(studio, access)
+    roles.install(page, access)
+    # Visitors' jobs all reach the fair line at once; it, not gradio's first-come queue, decides whose turn it is.
+    page.queue(default_concurrency_limit=64, max_size=256)
+    if dashboard.share_token is None:
+        dashboard.share_token = secrets.token_urlsafe(32)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(FileGuard)
+    common = dict(server_name=host, server_port=port, show_error=False, css=css,
+                  max_file_size=f"{studio.max_upload_mb}mb")
+    gr.mount_gradio_app(app, dashboard, OWNER_PATH, auth=[tuple(access.owner)],
+                        allowed_paths=[str(studio.workdir), str(ASSETS)], **common)
+    # The demo page serves no file of the workdir: its pictures reach it as arrays, its GIFs from a temporary folder.
+    gr.mount_gradio_app(app, page, "/", auth=access.demo_logins(), allowed_paths=[], favicon_path=_favicon(),
+                        footer_links=["gradio"], **common)
+    server_name, server_port, local_url, server = http_server.start_server(app, server_name=host, server_port=port)
+    for blocks in (page, dashboard):
+        blocks.server_name, blocks.server_port, blocks.local_url = server_name, server_port, local_url
+    if not quiet:
+        print(f"Running on {local_url}", flush=True)
+    return DemoServer(page, dashboard, server, server_name, server_port, local_url)
 
 
 def _keep_session_components_bounded() -> None:
@@ -213,9 +337,20 @@ def main(argv=None) -> int:
     exposed = args.share or (args.host not in ("127.0.0.1", "localhost", "::1") and not args.auth)
     studio = Studio(Path(args.workdir), shared=exposed, max_upload_mb=args.max_upload_mb)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo = serve(studio, args.host, args.port, auth)
-    print(f"StyleGAN Studio on http://{_show_host(args.host)}:{demo.server_port}  (workdir {studio.workdir})",
-          flush=True)
+    from ui import roles
+
+    access = roles.Access(owner=auth, viewers=[tuple(v.split(":", 1)) for v in args.viewer_auth],
+                          public=args.public_viewers, limits=args.limits)
+    if args.publish and not _publish(studio, args):
+        return 2
+    demo = serve(studio, args.host, args.port, auth, access=access)
+    base = f"http://{_show_host(args.host)}:{demo.server_port}"
+    if access.has_viewers:
+        who = "anyone" if access.public else f"{len(access.viewers)} viewer login(s)"
+        print(f"StyleGAN Studio demo page on {base}/  ({who}); your dashboard on {base}{OWNER_PATH}/  "
+              f"(workdir {studio.workdir})", flush=True)
+    else:
+        print(f"StyleGAN Studio on {base}  (workdir {studio.workdir})", flush=True)
     if args.share:
         _open_tunnel(demo)
     try:
@@ -223,6 +358,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _publish(studio, args) -> bool:
+    """--publish at start: True when published, else one line saying why (and the app does not start)."""
+    from engine.errors import UserError
+    from ui import published
+
+    try:
+        entry = published.publish_path(studio, args.publish, args.publish_name, args.publish_description)
+    except UserError as e:
+        print(f"error: --publish: {e}", file=sys.stderr, flush=True)
+        return False
+    print(f"Published {entry['name']!r} on the demo page.", flush=True)
+    return True
 
 
 def _show_host(host: str) -> str:
@@ -243,7 +392,11 @@ def _open_tunnel(demo) -> None:
                                       share_token=demo.share_token, share_server_address=None,
                                       share_server_tls_certificate=None)
         demo.share_url = url
-        print(f"Public link: {url}  (login required)" if demo.auth else f"Public link: {url}", flush=True)
+        if isinstance(demo, DemoServer):
+            print(f"Public demo link: {url}  (your dashboard: {url.rstrip('/')}{OWNER_PATH}/, login required)",
+                  flush=True)
+        else:
+            print(f"Public link: {url}  (login required)" if demo.auth else f"Public link: {url}", flush=True)
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"Could not make the public link ({reason}); the dashboard keeps serving locally.", flush=True)

@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.runs import NETWORK_SUFFIXES, is_network_file
-from ui import model_tools
+from ui import model_tools, published
 from ui.common import Studio, friendly, safe_name
 from ui.networks import UPLOAD_FOLDER, load, network_choices, pick_network
 
@@ -158,6 +158,7 @@ def _picker_layout(studio: Studio) -> SimpleNamespace:
         upload = gr.File(label=f"Network file (at most {studio.max_upload_mb} MB)", file_types=list(NETWORK_SUFFIXES),
                          elem_id="generate-upload")
     tools = model_tools.build(studio, network)
+    published.panel(studio, network)  # the owner's Publish on the demo page
     info_md = gr.Markdown(elem_id="generate-info")
     return SimpleNamespace(empty_md=empty_md, offered_first=offered_first, network=network, refresh_btn=refresh_btn,
                            upload=upload, tools=tools, info_md=info_md)

@@ -107,6 +107,11 @@ def load(studio: Studio, label: str) -> dict:
     path = choices.get(label)
     if path is None:
         raise UserError(f"network not found: {label}; press the refresh button to update the list")
+    return load_file(studio, path)
+
+
+def load_file(studio: Studio, path) -> dict:
+    """The network in `path` (inside the workdir, or the demo), through the same cache as load()."""
     path = studio.inside(path, "network")
     from engine import load_network
 
