@@ -5,6 +5,7 @@ page mid-run (the form shows the run's settings) -> stop -> resume (the length s
 and a GIF from the new snapshot, then a grid of the built-in demo network. Screenshots go to docs/screenshots/.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -38,42 +39,52 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextlib.contextmanager
+def running_app(prefix, *args):
+    """app.py (with `args`) on a free port and a fresh workdir -> (url, work folder); afterwards its trainings and
+    the app are stopped and the folder removed. Skips without Playwright or Chromium."""
     if sync_playwright is None:
         pytest.skip("playwright is not installed")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    work = Path(tempfile.mkdtemp(prefix="studio-browser-test-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     port = _free_port()
     log = open(work / "app.log", "wb")
-    proc = subprocess.Popen([sys.executable, "app.py", "--workdir", str(work / "studio"), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "app.py", "--workdir", str(work / "studio"), "--port", str(port), *args],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError("app.py exited: " + (work / "app.log").read_text()[-2000:])
-            time.sleep(0.5)
-    else:
-        raise AssertionError("app.py did not answer in 90 s")
-    yield url, work
-    from ui.supervisor import Supervisor
-
     try:
-        Supervisor(work / "studio").kill(None)
-        for v in Supervisor(work / "studio").live():
-            Supervisor(work / "studio").kill(v.run_dir)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError("app.py exited: " + (work / "app.log").read_text()[-2000:])
+                time.sleep(0.5)
+        else:
+            raise AssertionError("app.py did not answer in 90 s")
+        yield url, work
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-    print((work / "app.log").read_text(errors="replace")[-4000:])  # shown by pytest when the test failed
-    shutil.rmtree(work, ignore_errors=True)
+        from ui.supervisor import Supervisor
+
+        try:
+            Supervisor(work / "studio").kill(None)
+            for v in Supervisor(work / "studio").live():
+                Supervisor(work / "studio").kill(v.run_dir)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            log.close()
+        print((work / "app.log").read_text(errors="replace")[-4000:])  # shown by pytest when the test failed
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_app("studio-browser-test-") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -4,69 +4,24 @@ sample grids; Generate and Explore only; no server path, run or dataset) and the
 Screenshot: docs/screenshots/demo-page.png.
 """
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+from test_browser import CHROMIUM, ROOT, SHOTS, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 try:
     from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - reported as a skip below
+except ImportError:  # pragma: no cover - running_app skips then
     sync_playwright = None
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    if sync_playwright is None:
-        pytest.skip("playwright is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    work = Path(tempfile.mkdtemp(prefix="studio-browser-demo-"))
-    port = _free_port()
-    log = open(work / "app.log", "wb")
-    proc = subprocess.Popen([sys.executable, "app.py", "--workdir", str(work / "studio"), "--port", str(port),
-                             "--auth", "owner:secret", "--public-viewers", "--publish", "demo",
-                             "--publish-name", "Emoji faces", "--publish-description",
-                             "Little faces drawn by a network trained on emoji."],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError("app.py exited: " + (work / "app.log").read_text()[-2000:])
-            time.sleep(0.5)
-    else:
-        raise AssertionError("app.py did not answer in 90 s")
-    yield url, work
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
-    print((work / "app.log").read_text(errors="replace")[-4000:])  # shown by pytest when the test failed
-    shutil.rmtree(work, ignore_errors=True)
+    with running_app("studio-browser-demo-", "--auth", "owner:secret", "--public-viewers", "--publish", "demo",
+                     "--publish-name", "Emoji faces", "--publish-description",
+                     "Little faces drawn by a network trained on emoji.") as running:
+        yield running
 
 
 def test_a_visitor_sees_the_demo_page(server):

@@ -1,6 +1,9 @@
-"""What the commands share: seed and grid lists as people type them, and the one device resolver."""
+"""What the commands share: seed and grid lists as people type them, the one device resolver, and a network with
+the dataset it was trained on."""
 
+import os
 import re
+import sys
 
 from engine.errors import UserError
 
@@ -76,3 +79,29 @@ def resolve_device(name="auto", flag="--device"):
             raise UserError(f"{flag} {text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def network_and_dataset(network, data, device, data_hint="a prepared dataset zip or folder"):
+    """Load the network file `network` on `device` -> (the loaded network dict, its dataset's path): `data`, or else
+    the dataset the network records. UserError, naming the file, when either is missing."""
+    if not os.path.isfile(network):
+        raise UserError(f"network '{network}' does not exist: give a snapshot (.pt) or NVIDIA .pkl")
+    from engine import load_network
+
+    net = load_network(network, device=device)
+    data = data or (net.get("dataset") or {}).get("path")
+    if not data:
+        raise UserError(f"{network} does not record its dataset: give --data")
+    if not os.path.exists(data):
+        raise UserError(f"dataset '{data}' does not exist: give --data with {data_hint}")
+    return net, data
+
+
+def terminal_progress(unit="images"):
+    """A progress(done, total) callback that keeps one counting line on a terminal's stderr (silent otherwise)."""
+
+    def progress(done, total):
+        if sys.stderr.isatty():
+            print(f"\r{done}/{total} {unit}", end="", file=sys.stderr, flush=True)
+
+    return progress

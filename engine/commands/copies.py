@@ -45,7 +45,7 @@ def run(args):
     import json
     import sys
 
-    from engine.commands.common import parse_seeds, resolve_device
+    from engine.commands.common import network_and_dataset, parse_seeds, resolve_device, terminal_progress
     from engine.errors import UserError
     from engine.metrics.copies import MAX_IMAGES, check_copies, write_report
 
@@ -65,23 +65,10 @@ def run(args):
         raise UserError(f"--batch {args.batch} must be at least 1")
     if args.rows < 1:
         raise UserError(f"--rows {args.rows} must be at least 1")
-    if not os.path.isfile(args.network):
-        raise UserError(f"network '{args.network}' does not exist: give a snapshot (.pt) or NVIDIA .pkl")
     device = resolve_device(args.device)
-
-    from engine import load_network
-
-    net = load_network(args.network, device=device)
-    data = args.data or (net.get("dataset") or {}).get("path")
-    if not data:
-        raise UserError(f"{args.network} does not record its dataset: give --data")
-    if not os.path.exists(data):
-        raise UserError(f"dataset '{data}' does not exist: give --data with the prepared dataset the network was "
-                        f"trained on")
-
-    def progress(done, total):
-        if sys.stderr.isatty():
-            print(f"\r{done}/{total} images through the detector", end="", file=sys.stderr, flush=True)
+    net, data = network_and_dataset(args.network, args.data, device,
+                                    data_hint="the prepared dataset the network was trained on")
+    progress = terminal_progress("images through the detector")
 
     report = check_copies(net["G_ema"], data, seeds=seeds, device=device, detector=args.detector,
                           cache_dir=args.cache_dir, max_reals=args.reals, max_queries=args.queries,

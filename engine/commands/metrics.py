@@ -39,24 +39,11 @@ def run(args):
         raise UserError(f"--gpus {args.gpus}: metrics run on one device; use --gpus 1 (and --device cuda:N to pick one)")
     if args.batch < 1:
         raise UserError(f"--batch {args.batch} must be at least 1")
-    if not os.path.isfile(args.network):
-        raise UserError(f"network '{args.network}' does not exist")
-    from engine.commands.common import resolve_device
+    from engine.commands.common import network_and_dataset, resolve_device, terminal_progress
 
     device = resolve_device(args.device)
-
-    from engine import load_network
-
-    net = load_network(args.network, device=device)
-    data = args.data or (net.get("dataset") or {}).get("path")
-    if not data:
-        raise UserError(f"{args.network} does not record its dataset: give --data")
-    if not os.path.exists(data):
-        raise UserError(f"dataset '{data}' does not exist: give --data with a prepared dataset zip or folder")
-
-    def progress(done, total):
-        if sys.stderr.isatty():
-            print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
+    net, data = network_and_dataset(args.network, args.data, device)
+    progress = terminal_progress()
 
     results = compute_many(names, net["G_ema"], data, device, batch=args.batch, progress=progress,
                            cache_dir=args.cache_dir, detector=args.detector, seed=args.seed)
