@@ -76,6 +76,17 @@ DISTANCE = {"inception": "cosine distance of Inception pool features",
 # Nearest neighbours
 
 
+def _fold(best, d0, d1, exclude, offset):
+    """Merge one block of references (columns offset..) into best: d0 / d1 [Q, B] are the distances of each query
+    and of its mirror image; the nearer counts; exclude [Q] (or None) is the reference each query must not match."""
+    flip = d1 < d0
+    d = torch.where(flip, d1, d0)
+    if exclude is not None:
+        cols = torch.arange(offset, offset + d.shape[1], device=d.device)
+        d = d.masked_fill(exclude[:, None] == cols[None, :], math.inf)
+    return _merge_top2(*best, d, offset, flip)
+
+
 def _merge_top2(best_d, best_i, best_f, d, offset, flip):
     """Keep the two smallest distances per row. best_*: [Q, 2]; d, flip: [Q, B] for references offset.."""
     q, b = d.shape
@@ -113,13 +124,7 @@ def nearest_features(queries, queries_flipped, refs, exclude=None, device="cpu",
     best = _empty_top2(a.shape[0], dev)
     for start in range(0, r.shape[0], chunk):
         rc = r[start:start + chunk]
-        d0, d1 = (1 - a @ rc.T).clamp_min(0), (1 - af @ rc.T).clamp_min(0)
-        flip = d1 < d0
-        d = torch.where(flip, d1, d0)
-        if ex is not None:
-            cols = torch.arange(start, start + rc.shape[0], device=dev)
-            d = d.masked_fill(ex[:, None] == cols[None, :], math.inf)
-        best = _merge_top2(*best, d, start, flip)
+        best = _fold(best, (1 - a @ rc.T).clamp_min(0), (1 - af @ rc.T).clamp_min(0), ex, start)
     return _finish(*best)
 
 
@@ -156,12 +161,7 @@ def nearest_pixels(queries, reference_batches, exclude=None, device="cpu", budge
             nr = (r * r).sum(1)[None, :]
             d0 = ((na + nr - 2 * a @ r.T).clamp_min(0) / dim).sqrt()
             d1 = ((naf + nr - 2 * af @ r.T).clamp_min(0) / dim).sqrt()
-            flip = d1 < d0
-            d = torch.where(flip, d1, d0)
-            if ex is not None:
-                cols = torch.arange(start, start + r.shape[0], device=dev)
-                d = d.masked_fill(ex[:, None] == cols[None, :], math.inf)
-            best = _merge_top2(*best, d, start, flip)
+            best = _fold(best, d0, d1, ex, start)
         d, i, f = _finish(*best)
         out_d.append(d), out_i.append(i), out_f.append(f)
     return np.concatenate(out_d), np.concatenate(out_i), np.concatenate(out_f)
