@@ -20,7 +20,9 @@
 # merged into DIR/<set>/curve.jsonl and drawn (curves.png, summary.md) with bench/convergence.py --plot-only.
 # Redraw at any time, also while the study runs (from the arms finished so far): bench/study_lecam_apa.sh DIR --plot
 #
-# Environment: KIMG (18), POINTS (3), IMAGES (200), SEEDS ("0 1"), PYTHON (python3).
+# Environment: KIMG (18), POINTS (3), IMAGES (200), SEEDS ("0 1"), PYTHON (python3), and the jobs of the two lanes,
+# LANE_A ("sub1k:ada sub1k:ada+lecam full:ada") and LANE_B ("sub1k:ada+apa sub1k:ada+both full:ada+both"), each a
+# list of SET:ARM; e.g. a longer study of two arms: KIMG=100 POINTS=5 LANE_A=sub1k:ada LANE_B=sub1k:ada+both
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -108,10 +110,12 @@ lane() {  # the arms of one lane, seed 0 of each first
     done
 }
 
-echo "$(date '+%F %T') study in $DIR: $KIMG kimg, $POINTS points, $IMAGES images, seeds $SEEDS"
-lane sub1k:ada sub1k:ada+lecam full:ada &
+echo "$(date '+%F %T') study in $DIR: $KIMG kimg, $POINTS points, $IMAGES images, seeds $SEEDS; lanes: ${LANE_A:-default} | ${LANE_B:-default}"
+# shellcheck disable=SC2086  # each lane's jobs are words
+lane ${LANE_A:-sub1k:ada sub1k:ada+lecam full:ada} &
 LANE_A=$!
-lane sub1k:ada+apa sub1k:ada+both full:ada+both &
+# shellcheck disable=SC2086
+lane ${LANE_B:-sub1k:ada+apa sub1k:ada+both full:ada+both} &
 LANE_B=$!
 stop_lanes() {  # each lane's running bench/convergence.py stops its trainer on SIGTERM (a snapshot first)
     local lane kids
