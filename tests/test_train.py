@@ -251,10 +251,10 @@ def test_a_continued_run_takes_new_learning_rates_and_ema_and_names_what_it_keep
                                               target=0.7), 1, create_dir=False)
 
 
-def _start(args, tmp_path):
+def _start(args, tmp_path, **popen):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "engine", "train", *args], cwd=str(ROOT), env=env,
-                            stdout=open(tmp_path / "out.txt", "w"), stderr=subprocess.STDOUT)
+                            stdout=open(tmp_path / "out.txt", "w"), stderr=subprocess.STDOUT, **popen)
 
 
 def _cli_args(data, outdir, *extra):
@@ -263,15 +263,24 @@ def _cli_args(data, outdir, *extra):
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path):
-    proc = _start(_cli_args(data, tmp_path / "runs", "--kimg", "100", "--tick", "0.004", "--snap", "1000"), tmp_path)
+@pytest.mark.parametrize("to_group", [False, True], ids=["trainer", "process-group"])
+def test_sigterm_finishes_the_step_snapshots_and_exits_zero(data, tmp_path, to_group):
+    """SIGTERM to the trainer (the dashboard's Stop), or to its whole process group with loader workers running
+    (`timeout`, a batch scheduler's time limit): the step ends, a snapshot is written, the exit is 0."""
+    args = _cli_args(data, tmp_path / "runs", "--kimg", "100", "--tick", "0.004", "--snap", "1000")
+    if to_group:
+        args[args.index("--workers") + 1] = "1"
+    proc = _start(args, tmp_path, start_new_session=to_group)
     try:
         def ticking():
             found = runs.list_runs(tmp_path / "runs")
             return bool(found) and len(runs.read_stats(found[0]["path"])) >= 2
         wait_for(ticking, 240, "two ticks in stats.jsonl", interval=0.2, proc=proc,
                  log=tmp_path / "out.txt")
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=240) == 0
     finally:
         if proc.poll() is None:

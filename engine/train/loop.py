@@ -17,6 +17,7 @@ grids.py (reals/fakes grids, metrics), state.py (TrainingState and the plain-dat
 
 import copy
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -428,10 +429,18 @@ def next_batch(data_iter):
         raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
+def _worker_leaves_stop_signals(worker_id):
+    """A loader worker ignores SIGTERM and SIGINT: a stop signal sent to the whole process group (`timeout`, a batch
+    scheduler's time limit, Ctrl+C in a terminal) reaches the workers too, and a worker that dies of it would end
+    the run with a DataLoader error before the trainer writes its last snapshot. The trainer stops them itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler, cfg: TrainConfig, device):
     kwargs = {}
     if cfg.workers > 0:
-        kwargs = dict(prefetch_factor=2, persistent_workers=True)
+        kwargs = dict(prefetch_factor=2, persistent_workers=True, worker_init_fn=_worker_leaves_stop_signals)
     # A private generator: creating the iterator draws a worker seed, which must not move the global RNG
     # stream (a resumed run creates its iterator at another point of that stream than the original did).
     generator = torch.Generator().manual_seed(cfg.seed)
