@@ -237,4 +237,7 @@ def test_info_reports_each_op_device_and_dtype(cache, monkeypatch, capsys):
     lines = dispatch.training_lines(torch.device("cpu"), "fp32")
     assert lines[0].startswith("ops: bias_act cpu float32: reference: the compiled C++ kernel failed its check")
     assert lines[1].startswith("ops: upfirdn2d cpu float32: compiled C++ kernel, verified")
-    assert len(lines) == 2
+    # ...and one line says that the run is on a slow path, why, and what that costs (tests/test_slow_path.py).
+    assert lines[2].startswith("slow path: bias_act: reference path (the compiled C++ kernel failed its check: ")
+    assert " - about " in lines[2] and "slower per step" in lines[2]
+    assert len(lines) == 3

@@ -50,8 +50,11 @@ def system_markdown(studio: Studio, sup: Supervisor) -> str:
 
         lines.append("\n### Compiled kernels, per device and dtype")
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        for row in (r for dev in devices for r in op_status(dev)):
+        rows = {dev: op_status(dev) for dev in devices}
+        for row in (r for dev in devices for r in rows[dev]):
             lines.append(f"- `{row['op']}` {row['device']} {row['dtype']}: {row['detail']}")
+        lines.append("\n### Slow paths")
+        lines.extend(slow_path_items(rows, sup.runs()))
     except Exception as e:  # the page still shows everything else
         lines.append(f"- could not ask the ops: {type(e).__name__}: {e}")
     lines.append("\n### Studio folder")
@@ -66,6 +69,25 @@ def system_markdown(studio: Studio, sup: Supervisor) -> str:
                  + ("shared: server folders are not readable from the page" if studio.shared
                     else "local: served to this machine only unless --host says otherwise"))
     return "\n".join(lines)
+
+
+def slow_path_items(rows: dict, runs: list) -> list[str]:
+    """Markdown items: per device, the line a training there would start with when an op runs on the reference
+    although a kernel should (a failed build or check, STUDIO_OPS=ref), with the measured cost; then the line of
+    each live training that has one (its log.txt). rows: {device: dispatch.op_status(device)}."""
+    from engine import runs as run_files
+    from engine.ops import slowpath
+
+    items = []
+    for dev, dev_rows in rows.items():
+        for line in slowpath.lines(dev_rows, dev, slowpath.device_name(dev)):
+            items.append(f"- {dev}: {line}")
+    for v in runs:
+        if v.live and v.run_dir is not None:
+            for line in slowpath.lines_in_log(run_files.log_path(v.run_dir)):
+                items.append(f"- training now, {v.name}: {line}")
+    return items or ["- none: every op a training uses runs its compiled kernel where one is wanted (or has not "
+                     "been built and checked yet: that happens when a training first needs it)"]
 
 
 def build(studio: Studio, sup: Supervisor):

@@ -197,10 +197,22 @@ def status_html(v: RunView | None, stats: list[dict]) -> str:
                    f"{v.total_kimg:g} kimg (change Length first for another length), or Start a new run.")
             text = f"{text}. {how}" if text else how
     msg = f"<div class='run-message run-message-{v.state}'>{html.escape(text)}</div>" if text else ""
+    msg += "".join(f"<div class='run-message run-slow-path'>{html.escape(line)}</div>"
+                   for line in slow_path_lines(v))
     return (f"<div class='run-status'><span class='run-state' data-state='{v.state}' style='background:{colour}'>"
             f"{v.state}</span> <b>{html.escape(v.name)}</b>"
             f"<div class='run-progress'><div style='width:{frac * 100:.1f}%'></div></div>"
             f"<div class='run-facts'>{' · '.join(parts)}</div>{msg}</div>")
+
+
+def slow_path_lines(v: RunView) -> list[str]:
+    """The run's "slow path: ..." line (an op on the reference although a kernel should run, and the measured
+    cost), as its newest training session wrote it to log.txt; [] when it has none."""
+    if v.run_dir is None:
+        return []
+    from engine.ops import slowpath
+
+    return slowpath.lines_in_log(run_files.log_path(v.run_dir))
 
 
 def form_values(v: RunView | None) -> dict | None:

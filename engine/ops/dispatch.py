@@ -222,9 +222,12 @@ def op_paths(device=None, build=False):
 
 def op_status(device=None):
     """Per op and dtype on `device` (default: CUDA if present, else the CPU): a list of
-    {"op", "device", "dtype", "state", "detail"}, state one of "verified" (compiled and checked against the
-    reference), "failed" (failed its check: the reference runs; detail has the error), "unchecked" (compiled,
-    checked on first use), "reference" (the kernel is not used: STUDIO_OPS=ref, the CPU policy or a failed build).
+    {"op", "device", "dtype", "state", "detail", "cause", "reason"}, state one of "verified" (compiled and checked
+    against the reference), "failed" (failed its check: the reference runs; detail has the error), "unchecked"
+    (compiled, checked on first use), "reference" (the kernel is not used: STUDIO_OPS=ref, the CPU policy or a
+    failed build). cause says why the reference runs: "mode" (STUDIO_OPS=ref), "policy" (the CPU policy: the
+    reference is faster there), "build" (the kernel could not be built), "check" (it failed its check), or None
+    (the kernel runs); reason is that in a short phrase (slowpath.py builds the training's slow-path line on it).
 
     Reads the verdicts this process holds, else the ones stored beside the build; runs no check and no compiler
     build.
@@ -237,14 +240,17 @@ def op_status(device=None):
     rows = []
     for name in KERNEL_OPS:
         for dtype in _DTYPES[device]:
-            row = {"op": name, "device": device, "dtype": dtype}
+            row = {"op": name, "device": device, "dtype": dtype, "cause": None, "reason": ""}
             if mode() == "ref":
-                row.update(state="reference", detail="reference (STUDIO_OPS=ref)")
+                row.update(state="reference", detail="reference (STUDIO_OPS=ref)", cause="mode",
+                           reason="STUDIO_OPS=ref")
             elif not _wanted(name, device):
-                row.update(state="reference", detail=f"reference (faster than the {kind} kernel on this CPU)")
+                row.update(state="reference", detail=f"reference (faster than the {kind} kernel on this CPU)",
+                           cause="policy", reason=f"faster than the {kind} kernel on this CPU")
             elif (name, device) in _failures:
                 row.update(state="reference",
-                           detail=f"reference (compiled {kind} kernel unavailable: {_failures[(name, device)]})")
+                           detail=f"reference (compiled {kind} kernel unavailable: {_failures[(name, device)]})",
+                           cause="build", reason=f"compiled {kind} kernel unavailable: {_failures[(name, device)]}")
             else:
                 v = _verdicts.get((name, device, dtype)) or verify.read_verdict(name, device, dtype)
                 failed_build = None
@@ -255,7 +261,8 @@ def op_status(device=None):
                         failed_build = None
                 if failed_build:
                     row.update(state="reference", detail=f"reference (compiled {kind} kernel unavailable: "
-                               f"{failed_build}; STUDIO_OPS_REBUILD=1 retries)")
+                               f"{failed_build}; STUDIO_OPS_REBUILD=1 retries)", cause="build",
+                               reason=f"compiled {kind} kernel unavailable: {failed_build}")
                 elif v is None:
                     built = (name, device) in _kernels or builder.is_built(name, device)
                     row.update(state="unchecked", detail=f"compiled {kind} kernel, "
@@ -266,18 +273,24 @@ def op_status(device=None):
                                f"(worst error {v['worst']:.1e}, tolerance {v['tolerance']:.0e})")
                 else:
                     row.update(state="failed", detail=f"reference: the compiled {kind} kernel failed its check: "
-                               f"{verify.describe(v)}")
+                               f"{verify.describe(v)}", cause="check",
+                               reason=f"the compiled {kind} kernel failed its check: {verify.describe(v)}")
             rows.append(row)
     return rows
 
 
 def training_lines(device, precision="fp32"):
     """The first lines of a training log about the compiled ops: the kernels the run will use (float32, and
-    float16 / bfloat16 for --precision fp16 / bf16) are checked now, and each op/dtype says what it runs on."""
+    float16 / bfloat16 for --precision fp16 / bf16) are checked now, and each op/dtype says what it runs on.
+    When an op runs on the reference although a kernel should (a failed build or check, STUDIO_OPS=ref), one
+    more line says so with the measured cost (slowpath.py): "slow path: bias_act: reference path (...) - ..."."""
+    from engine.ops import slowpath
+
     device = getattr(device, "type", device)
     if device not in _DTYPES:
         return [f"ops: reference on {device}"]
-    dtypes = ["float32"] + {"fp16": ["float16"], "bf16": ["bfloat16"]}.get(precision, [])
+    dtypes = slowpath.training_dtypes(device, precision)
     verify_now(device, dtypes)
-    return [f"ops: {r['op']} {r['device']} {r['dtype']}: {r['detail']}" for r in op_status(device)
-            if r["dtype"] in dtypes]
+    rows = [r for r in op_status(device) if r["dtype"] in dtypes]
+    return ([f"ops: {r['op']} {r['device']} {r['dtype']}: {r['detail']}" for r in rows]
+            + slowpath.lines(rows, device, slowpath.device_name(device), dtypes))
