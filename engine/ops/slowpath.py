@@ -76,14 +76,17 @@ def _matches(entry, device, device_name):
     return bool(name) and bool(device_name) and name.strip().lower() == str(device_name).strip().lower()
 
 
-def cost_phrase(device, device_name, ops, table=None, partial=False):
+def cost_phrase(device, device_name, ops, table=None, partial=False, kernel_ops=None):
     """How much slower a training step is with `ops` (op names) on the reference, from the measured table.
-    partial: only some of the ops' dtypes are on the reference (a figure for whole ops is then an upper bound)."""
-    from engine.ops.dispatch import KERNEL_OPS
+    partial: only some of the ops' dtypes are on the reference (a figure for whole ops is then an upper bound).
+    kernel_ops: every op that has a kernel (default: those the build knows)."""
+    if kernel_ops is None:
+        from engine.ops.build import MODULES
 
+        kernel_ops = {op for op, _ in MODULES}
     table = read_table() if table is None else table
     entries = [e for e in table["entries"] if _matches(e, device, device_name)]
-    every_op = set(ops) == set(KERNEL_OPS)
+    every_op = set(ops) >= set(kernel_ops)
     want = "all" if every_op else "+".join(sorted(ops))
     exact = [e for e in entries if e.get("ops", "all") == want]
     whole = [e for e in entries if e.get("ops", "all") == "all"]
